@@ -1,0 +1,86 @@
+//! What the IKE endpoint is told: the node, its tunnels, its timers.
+//!
+//! The daemon builds this from its TOML file; this module holds the already
+//! validated, typed form (no strings left to parse on the hot path).
+
+use crate::identity::Identity;
+use crate::proposal::ProposalSpec;
+use crate::wire::TrafficSelector;
+use anyhub_crypto::Secret;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The highest node index: node indices live in 12 bits of every SPI the
+/// node allocates (see [`crate::spi`]).
+pub const MAX_NODE_INDEX: u16 = 4095;
+
+/// A configured customer tunnel. The peer's IKE identity selects it.
+#[derive(Clone, Debug)]
+pub struct TunnelConfig {
+    pub id: Arc<str>,
+    pub local_id: Identity,
+    pub remote_id: Identity,
+    /// The pre-shared key; `Secret` keeps it out of `Debug` and zeroizes it.
+    pub psk: Secret,
+    pub ike_proposals: Vec<ProposalSpec>,
+    pub esp_proposals: Vec<ProposalSpec>,
+    /// Our side of the tunnel.
+    pub local_ts: Vec<TrafficSelector>,
+    /// The customer's side.
+    pub remote_ts: Vec<TrafficSelector>,
+    pub ike_lifetime: Duration,
+    pub child_lifetime: Duration,
+    /// Where to send IKE_SA_INIT when we initiate.
+    pub remote_address: Option<IpAddr>,
+    /// Start this tunnel at startup, as initiator.
+    pub initiate: bool,
+}
+
+/// Retransmission of requests we send (RFC 7296 §2.1): timeout × base^n for
+/// n = 0..tries, then the exchange has failed. strongSwan's defaults.
+#[derive(Clone, Copy, Debug)]
+pub struct RetransmitConfig {
+    pub timeout: Duration,
+    pub base: f64,
+    pub tries: u32,
+}
+
+impl Default for RetransmitConfig {
+    fn default() -> Self {
+        RetransmitConfig {
+            timeout: Duration::from_secs(4),
+            base: 1.8,
+            tries: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct EndpointConfig {
+    /// This node's index in the fleet, 1..=[`MAX_NODE_INDEX`].
+    pub node_index: u16,
+    pub tunnels: Vec<Arc<TunnelConfig>>,
+    pub retransmit: RetransmitConfig,
+    /// How long a responder keeps an IKE SA whose IKE_AUTH never came.
+    pub half_open_timeout: Duration,
+    /// The local port that carries IKE with the non-ESP marker (RFC 3948);
+    /// transmits from it are flagged [`crate::Transmit::natt`].
+    pub natt_port: u16,
+}
+
+impl EndpointConfig {
+    pub fn new(node_index: u16, tunnels: Vec<Arc<TunnelConfig>>) -> Self {
+        EndpointConfig {
+            node_index,
+            tunnels,
+            retransmit: RetransmitConfig::default(),
+            half_open_timeout: Duration::from_secs(30),
+            natt_port: 4500,
+        }
+    }
+
+    pub fn tunnel(&self, id: &str) -> Option<&Arc<TunnelConfig>> {
+        self.tunnels.iter().find(|t| &*t.id == id)
+    }
+}

@@ -1,0 +1,1800 @@
+//! The IKE endpoint: every IKE SA of one node, as a sans-IO state machine.
+//!
+//! The contract is quinn's:
+//! - input: [`Endpoint::handle`] (a datagram, with `now`),
+//!   [`Endpoint::handle_timeout`], [`Endpoint::initiate`];
+//! - output, polled after every input until empty:
+//!   [`Endpoint::poll_transmit`], [`Endpoint::poll_event`], then
+//!   [`Endpoint::poll_timeout`] to arm the driver's single timer.
+//!
+//! Nothing here reads a clock, opens a socket or installs an SA. Randomness
+//! comes from the [`Rng`] given at construction, so a seeded run is
+//! reproducible byte for byte.
+//!
+//! Roles: "initiator" always means the *original* initiator of an IKE SA
+//! (the I flag, RFC 7296 §3.1); requests and responses flow both ways.
+
+use crate::config::{EndpointConfig, TunnelConfig};
+use crate::event::{
+    ChildSa, DirectionKeys, Event, IkeSaHandle, IkeSaInfo, IkeState, SaEndReason, Transmit,
+};
+use crate::identity::Identity;
+use crate::keys::{group_of, DhState, IkeKeys, IkeSuite};
+use crate::proposal::{self, DhPolicy, ProposalSpec, Selected};
+use crate::sk::{OpenError, SkCrypto};
+use crate::spi;
+use crate::ts;
+use crate::wire::registry::{AuthMethod, DhId, ExchangeType, NotifyType, PayloadType, ProtocolId};
+use crate::wire::{
+    Auth, Delete, Encrypted, Flags, Header, Ke, Message, Nonce, Notify, Payload, SaPayload,
+    TrafficSelector, Ts,
+};
+use anyhub_crypto::{prf, secret::ct_eq, Rng};
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Nonce length we send: 32 octets, at least half the largest PRF key size
+/// (RFC 7296 §2.10).
+const NONCE_LEN: usize = 32;
+/// At most this many IKE SAs wait for their IKE_AUTH at once; beyond it new
+/// IKE_SA_INIT requests are dropped (COOKIE-based defence is the next layer).
+pub const MAX_HALF_OPEN: usize = 16_384;
+/// INVALID_KE_PAYLOAD answers we follow before giving up (a peer could
+/// otherwise bounce us between groups forever).
+const MAX_INVALID_KE_RETRIES: u8 = 2;
+
+/// What the endpoint counts. A peer's garbage lands here, never in a panic.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    pub rx_datagrams: u64,
+    /// Did not parse (header, lengths, payload structure).
+    pub rx_malformed: u64,
+    /// Parsed but not for anything we have, out of the message-ID window,
+    /// or not acceptable in the SA's state.
+    pub rx_dropped: u64,
+    /// The SK payload failed its integrity check.
+    pub rx_decrypt_failed: u64,
+    /// Retransmitted requests answered from the response cache.
+    pub rx_retransmits: u64,
+    pub tx_retransmits: u64,
+    pub auth_failed: u64,
+    pub no_proposal_chosen: u64,
+    pub invalid_ke_sent: u64,
+    pub half_open_refused: u64,
+    pub ike_sa_established: u64,
+    pub child_sa_established: u64,
+}
+
+/// Why [`Endpoint::initiate`] refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InitiateError {
+    #[error("no tunnel named '{0}'")]
+    UnknownTunnel(String),
+    #[error("tunnel '{0}' has no usable IKE proposal")]
+    NoProposal(String),
+}
+
+/// Why we refuse a request: the one table deciding what the peer is told
+/// (STYLE.md). Each refusal maps to exactly one notify.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refusal {
+    /// A required payload is missing or payloads contradict each other.
+    Syntax,
+    UnsupportedCritical(PayloadType),
+    NoProposalChosen,
+    InvalidKe(DhId),
+    AuthenticationFailed,
+    TsUnacceptable,
+    /// We do not support this yet (e.g. CREATE_CHILD_SA before rekeying lands).
+    NoAdditionalSas,
+}
+
+impl Refusal {
+    fn notify(self) -> Notify {
+        let (ty, data) = match self {
+            Refusal::Syntax => (NotifyType::INVALID_SYNTAX, vec![]),
+            Refusal::UnsupportedCritical(t) => {
+                (NotifyType::UNSUPPORTED_CRITICAL_PAYLOAD, vec![t.0])
+            }
+            Refusal::NoProposalChosen => (NotifyType::NO_PROPOSAL_CHOSEN, vec![]),
+            Refusal::InvalidKe(g) => (NotifyType::INVALID_KE_PAYLOAD, g.0.to_be_bytes().to_vec()),
+            Refusal::AuthenticationFailed => (NotifyType::AUTHENTICATION_FAILED, vec![]),
+            Refusal::TsUnacceptable => (NotifyType::TS_UNACCEPTABLE, vec![]),
+            Refusal::NoAdditionalSas => (NotifyType::NO_ADDITIONAL_SAS, vec![]),
+        };
+        notify(ty, data)
+    }
+}
+
+fn notify(ty: NotifyType, data: Vec<u8>) -> Notify {
+    Notify {
+        protocol: ProtocolId::NONE,
+        spi: vec![],
+        ty,
+        data,
+    }
+}
+
+enum Phase {
+    /// We sent IKE_SA_INIT and wait for the answer.
+    InitiatorInitSent {
+        dh: DhState,
+        /// Payloads of the request after an optional COOKIE, for a resend
+        /// with a cookie or another key exchange group.
+        invalid_ke_retries: u8,
+    },
+    /// We sent IKE_AUTH with this inbound child SPI.
+    InitiatorAuthSent {
+        child_spi_in: u32,
+    },
+    /// We answered IKE_SA_INIT; IKE_AUTH should follow.
+    ResponderAwaitAuth,
+    Established,
+    /// We sent DELETE for the IKE SA and wait for the answer.
+    Deleting,
+}
+
+struct Outstanding {
+    msg_id: u32,
+    bytes: Vec<u8>,
+    tries: u32,
+    next_at: Instant,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ChildRef {
+    spi_in: u32,
+    spi_out: u32,
+}
+
+struct IkeSa {
+    handle: IkeSaHandle,
+    initiator: bool,
+    spi_i: u64,
+    spi_r: u64,
+    local: SocketAddr,
+    remote: SocketAddr,
+    tunnel: Option<Arc<TunnelConfig>>,
+    remote_id: Option<Identity>,
+    phase: Phase,
+    proposal: Option<Selected>,
+    keys: Option<IkeKeys>,
+    sk: Option<SkCrypto>,
+    nonce_i: Vec<u8>,
+    nonce_r: Vec<u8>,
+    /// The IKE_SA_INIT messages as sent, signed by AUTH (§2.15).
+    init_request: Vec<u8>,
+    init_response: Vec<u8>,
+    /// A NAT in front of us / in front of the peer (§2.23).
+    nat_local: bool,
+    nat_remote: bool,
+    next_request_id: u32,
+    outstanding: Option<Outstanding>,
+    next_peer_request_id: u32,
+    last_response: Option<(u32, Vec<u8>)>,
+    /// SHA-1 of the request `last_response` answers, to recognise its
+    /// retransmissions.
+    last_request_hash: Option<[u8; 20]>,
+    children: Vec<ChildRef>,
+    established_at: Option<Instant>,
+    /// Half-open or connect deadline.
+    deadline: Option<Instant>,
+    /// The entry this SA has in `Endpoint::timers`.
+    scheduled: Option<Instant>,
+}
+
+impl IkeSa {
+    fn our_spi(&self) -> u64 {
+        if self.initiator {
+            self.spi_i
+        } else {
+            self.spi_r
+        }
+    }
+
+    fn state(&self) -> IkeState {
+        match self.phase {
+            Phase::Established => IkeState::Established,
+            Phase::Deleting => IkeState::Deleting,
+            _ => IkeState::Connecting,
+        }
+    }
+
+    fn info(&self) -> IkeSaInfo {
+        IkeSaInfo {
+            handle: self.handle,
+            tunnel: self.tunnel.as_ref().map(|t| t.id.clone()),
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            initiator: self.initiator,
+            state: self.state(),
+            local: self.local,
+            remote: self.remote,
+            remote_id: self.remote_id.clone(),
+            proposal: self.proposal.as_ref().map(|p| p.to_string()),
+            established_at: self.established_at,
+        }
+    }
+
+    fn header(&self, exchange: ExchangeType, message_id: u32, response: bool) -> Header {
+        let mut flags = 0;
+        if self.initiator {
+            flags |= Flags::INITIATOR.0;
+        }
+        if response {
+            flags |= Flags::RESPONSE.0;
+        }
+        Header {
+            spi_i: self.spi_i,
+            spi_r: self.spi_r,
+            next_payload: PayloadType::NONE,
+            major_version: 2,
+            minor_version: 0,
+            exchange,
+            flags: Flags(flags),
+            message_id,
+            length: 0,
+        }
+    }
+
+    fn next_timer(&self) -> Option<Instant> {
+        let r = self.outstanding.as_ref().map(|o| o.next_at);
+        match (r, self.deadline) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Every IKE SA of one node.
+pub struct Endpoint {
+    config: EndpointConfig,
+    /// All tunnels' IKE proposals, in tunnel order: IKE_SA_INIT is answered
+    /// before the peer's identity (and so its tunnel) is known.
+    ike_proposals: Vec<ProposalSpec>,
+    rng: Box<dyn Rng>,
+    sas: HashMap<IkeSaHandle, IkeSa>,
+    /// Our own SPI of each SA (responder SPI or initiator SPI) → SA.
+    by_spi: HashMap<u64, IkeSaHandle>,
+    /// Responder SAs awaiting IKE_AUTH by (peer SPI, peer address), to
+    /// recognise a retransmitted IKE_SA_INIT.
+    half_open: HashMap<(u64, SocketAddr), IkeSaHandle>,
+    timers: BTreeSet<(Instant, IkeSaHandle)>,
+    next_handle: u64,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<Event>,
+    counters: Counters,
+}
+
+impl Endpoint {
+    pub fn new(config: EndpointConfig, rng: Box<dyn Rng>) -> Endpoint {
+        let mut ike_proposals: Vec<ProposalSpec> = Vec::new();
+        for t in &config.tunnels {
+            for p in &t.ike_proposals {
+                if !ike_proposals.contains(p) {
+                    ike_proposals.push(p.clone());
+                }
+            }
+        }
+        Endpoint {
+            config,
+            ike_proposals,
+            rng,
+            sas: HashMap::new(),
+            by_spi: HashMap::new(),
+            half_open: HashMap::new(),
+            timers: BTreeSet::new(),
+            next_handle: 1,
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &EndpointConfig {
+        &self.config
+    }
+
+    pub fn counters(&self) -> &Counters {
+        &self.counters
+    }
+
+    /// A snapshot of every IKE SA.
+    pub fn ike_sas(&self) -> Vec<IkeSaInfo> {
+        let mut v: Vec<IkeSaInfo> = self.sas.values().map(IkeSa::info).collect();
+        v.sort_by_key(|i| i.handle);
+        v
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.timers.first().map(|&(t, _)| t)
+    }
+
+    // ---------------------------------------------------------------- input
+
+    /// One datagram carrying an IKE message (on the NAT-T port the driver
+    /// has already removed the non-ESP marker).
+    pub fn handle(&mut self, now: Instant, local: SocketAddr, remote: SocketAddr, data: &[u8]) {
+        self.counters.rx_datagrams += 1;
+        let msg = match Message::parse(data) {
+            Ok(m) => m,
+            Err(e) => {
+                self.counters.rx_malformed += 1;
+                tracing::debug!(%remote, what = e.what, "malformed IKE message dropped");
+                return;
+            }
+        };
+        let h = &msg.header;
+        if h.major_version != 2 {
+            // §2.5: a major version we do not speak. Dropped and counted;
+            // answering unauthenticated garbage would make us a reflector.
+            self.counters.rx_dropped += 1;
+            return;
+        }
+        if h.exchange == ExchangeType::IKE_SA_INIT
+            && !h.flags.response()
+            && h.flags.initiator()
+            && h.spi_r == 0
+        {
+            if h.message_id != 0 {
+                self.counters.rx_malformed += 1;
+                return;
+            }
+            self.handle_init_request(now, local, remote, data, msg);
+            return;
+        }
+        // The I flag says who sent it: the original initiator's messages
+        // carry our SPI in the responder slot, and vice versa.
+        let our_spi = if h.flags.initiator() {
+            h.spi_r
+        } else {
+            h.spi_i
+        };
+        let Some(&handle) = self.by_spi.get(&our_spi) else {
+            self.counters.rx_dropped += 1;
+            tracing::debug!(%remote, spi = format_args!("{our_spi:016x}"), "IKE message for an unknown SA dropped");
+            return;
+        };
+        let Some(mut sa) = self.sas.remove(&handle) else {
+            self.counters.rx_dropped += 1;
+            return;
+        };
+        // The sender's role must be the opposite of ours, and the other SPI
+        // must be the SA's (except in the IKE_SA_INIT response, where the
+        // initiator learns it).
+        let role_ok = h.flags.initiator() != sa.initiator;
+        let other_ok = if sa.initiator {
+            sa.spi_r == h.spi_r || matches!(sa.phase, Phase::InitiatorInitSent { .. })
+        } else {
+            sa.spi_i == h.spi_i
+        };
+        if !role_ok || !other_ok {
+            self.counters.rx_dropped += 1;
+            self.put_back(sa);
+            return;
+        }
+        let keep = if h.flags.response() {
+            self.handle_response(now, &mut sa, local, remote, data, msg)
+        } else {
+            self.handle_request(now, &mut sa, local, remote, data, msg)
+        };
+        if keep {
+            self.put_back(sa);
+        } else {
+            self.forget(sa);
+        }
+    }
+
+    /// Starts the tunnel `tunnel_id` as initiator, sending IKE_SA_INIT from
+    /// `local` to `remote`.
+    pub fn initiate(
+        &mut self,
+        now: Instant,
+        tunnel_id: &str,
+        local: SocketAddr,
+        remote: SocketAddr,
+    ) -> Result<IkeSaHandle, InitiateError> {
+        let tunnel = self
+            .config
+            .tunnel(tunnel_id)
+            .cloned()
+            .ok_or_else(|| InitiateError::UnknownTunnel(tunnel_id.to_string()))?;
+        let group = tunnel
+            .ike_proposals
+            .iter()
+            .flat_map(|p| p.dh.iter())
+            .copied()
+            .find(|&g| group_of(g).is_some())
+            .ok_or_else(|| InitiateError::NoProposal(tunnel_id.to_string()))?;
+        let spi_i = self.fresh_ike_spi();
+        let mut nonce_i = vec![0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce_i);
+        let dh = DhState::generate(group, &mut *self.rng).expect("group checked above");
+        let handle = self.new_handle();
+        let mut sa = IkeSa {
+            handle,
+            initiator: true,
+            spi_i,
+            spi_r: 0,
+            local,
+            remote,
+            tunnel: Some(tunnel),
+            remote_id: None,
+            phase: Phase::InitiatorInitSent {
+                dh,
+                invalid_ke_retries: 0,
+            },
+            proposal: None,
+            keys: None,
+            sk: None,
+            nonce_i,
+            nonce_r: vec![],
+            init_request: vec![],
+            init_response: vec![],
+            nat_local: false,
+            nat_remote: false,
+            next_request_id: 0,
+            outstanding: None,
+            next_peer_request_id: 0,
+            last_response: None,
+            last_request_hash: None,
+            children: vec![],
+            established_at: None,
+            deadline: Some(now + self.connect_timeout()),
+            scheduled: None,
+        };
+        self.by_spi.insert(spi_i, handle);
+        self.send_init_request(now, &mut sa, None);
+        self.put_back(sa);
+        Ok(handle)
+    }
+
+    /// Deletes an IKE SA and its child SAs: an established one with an
+    /// INFORMATIONAL DELETE to the peer (§1.4.1), finished when the peer
+    /// answers or stops answering; one still connecting at once. Returns
+    /// false for an unknown handle.
+    pub fn delete_ike_sa(&mut self, now: Instant, handle: IkeSaHandle) -> bool {
+        let Some(mut sa) = self.sas.remove(&handle) else {
+            return false;
+        };
+        if !matches!(sa.phase, Phase::Established) || sa.outstanding.is_some() {
+            // Nothing to tell the peer yet (or a request of ours is in flight
+            // and the window is one): just forget it.
+            self.child_deleted_events(&sa);
+            let info = sa.info();
+            let ev = if matches!(sa.phase, Phase::Established) {
+                Event::IkeSaDeleted {
+                    info,
+                    reason: SaEndReason::DeletedLocally,
+                }
+            } else {
+                Event::IkeSaFailed {
+                    info,
+                    reason: SaEndReason::DeletedLocally,
+                }
+            };
+            self.events.push_back(ev);
+            self.forget(sa);
+            return true;
+        }
+        let delete = Payload::Delete(Delete {
+            protocol: ProtocolId::IKE,
+            spi_size: 0,
+            spis: vec![],
+        });
+        self.send_request(now, &mut sa, ExchangeType::INFORMATIONAL, vec![delete]);
+        sa.phase = Phase::Deleting;
+        self.put_back(sa);
+        true
+    }
+
+    /// Drives retransmissions and expiries due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, handle)) = self.timers.first() {
+            if at > now {
+                break;
+            }
+            self.timers.remove(&(at, handle));
+            let Some(mut sa) = self.sas.remove(&handle) else {
+                continue;
+            };
+            sa.scheduled = None;
+            if sa.deadline.is_some_and(|d| d <= now) {
+                let reason = if sa.initiator {
+                    SaEndReason::Timeout
+                } else {
+                    SaEndReason::HalfOpenExpired
+                };
+                tracing::info!(handle = handle.0, ?reason, "IKE SA did not come up in time");
+                self.events.push_back(Event::IkeSaFailed {
+                    info: sa.info(),
+                    reason,
+                });
+                self.forget(sa);
+                continue;
+            }
+            if let Some(o) = sa.outstanding.as_mut() {
+                if o.next_at <= now {
+                    let r = self.config.retransmit;
+                    if o.tries >= r.tries {
+                        tracing::info!(handle = handle.0, "peer did not answer; IKE SA given up");
+                        let reason = SaEndReason::Timeout;
+                        let ev = if matches!(sa.phase, Phase::Established | Phase::Deleting) {
+                            self.child_deleted_events(&sa);
+                            Event::IkeSaDeleted {
+                                info: sa.info(),
+                                reason,
+                            }
+                        } else {
+                            Event::IkeSaFailed {
+                                info: sa.info(),
+                                reason,
+                            }
+                        };
+                        self.events.push_back(ev);
+                        self.forget(sa);
+                        continue;
+                    }
+                    o.tries += 1;
+                    o.next_at = now + retransmit_delay(r.timeout, r.base, o.tries);
+                    let bytes = o.bytes.clone();
+                    self.counters.tx_retransmits += 1;
+                    self.send(&sa, bytes);
+                }
+            }
+            self.put_back(sa);
+        }
+    }
+
+    // ------------------------------------------------------- IKE_SA_INIT (R)
+
+    fn handle_init_request(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        msg: Message,
+    ) {
+        let h = msg.header;
+        // A retransmitted IKE_SA_INIT gets the same answer again (§2.1).
+        if let Some(&handle) = self.half_open.get(&(h.spi_i, remote)) {
+            if let Some(sa) = self.sas.get(&handle) {
+                if sa.init_request == data {
+                    self.counters.rx_retransmits += 1;
+                    let bytes = sa.init_response.clone();
+                    let t = self.transmit_for(sa, bytes);
+                    self.transmits.push_back(t);
+                } else {
+                    self.counters.rx_dropped += 1;
+                }
+                return;
+            }
+        }
+        if self.half_open.len() >= MAX_HALF_OPEN {
+            self.counters.half_open_refused += 1;
+            return;
+        }
+        if msg.encrypted.is_some() {
+            self.counters.rx_malformed += 1;
+            return;
+        }
+        match self.accept_init(now, local, remote, data, &msg) {
+            Ok(()) => {}
+            Err(refusal) => {
+                match refusal {
+                    Refusal::NoProposalChosen => self.counters.no_proposal_chosen += 1,
+                    Refusal::InvalidKe(_) => self.counters.invalid_ke_sent += 1,
+                    _ => {}
+                }
+                tracing::info!(%remote, ?refusal, "IKE_SA_INIT refused");
+                // Stateless answer: SPIr stays zero, nothing is kept.
+                let header = Header {
+                    spi_i: h.spi_i,
+                    spi_r: 0,
+                    next_payload: PayloadType::NONE,
+                    major_version: 2,
+                    minor_version: 0,
+                    exchange: ExchangeType::IKE_SA_INIT,
+                    flags: Flags::RESPONSE,
+                    message_id: 0,
+                    length: 0,
+                };
+                let out = Message {
+                    header,
+                    payloads: vec![Payload::Notify(refusal.notify())],
+                    encrypted: None,
+                };
+                self.transmits.push_back(Transmit {
+                    local,
+                    remote,
+                    natt: local.port() == self.config.natt_port,
+                    payload: out.emit(),
+                });
+            }
+        }
+    }
+
+    fn accept_init(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        msg: &Message,
+    ) -> Result<(), Refusal> {
+        check_critical(&msg.payloads)?;
+        let mut sa_p = None;
+        let mut ke = None;
+        let mut nonce = None;
+        let mut nat_src = Vec::new();
+        let mut nat_dst = Vec::new();
+        for p in &msg.payloads {
+            match p {
+                Payload::Sa(s) if sa_p.is_none() => sa_p = Some(s),
+                Payload::Ke(k) if ke.is_none() => ke = Some(k),
+                Payload::Nonce(n) if nonce.is_none() => nonce = Some(n),
+                Payload::Notify(n) if n.ty == NotifyType::NAT_DETECTION_SOURCE_IP => {
+                    nat_src.push(&n.data)
+                }
+                Payload::Notify(n) if n.ty == NotifyType::NAT_DETECTION_DESTINATION_IP => {
+                    nat_dst.push(&n.data)
+                }
+                _ => {}
+            }
+        }
+        let (Some(sa_p), Some(ke), Some(nonce)) = (sa_p, ke, nonce) else {
+            return Err(Refusal::Syntax);
+        };
+        let mut chosen = proposal::select(
+            &self.ike_proposals,
+            &sa_p.proposals,
+            ProtocolId::IKE,
+            DhPolicy::Required,
+        )
+        .ok_or(Refusal::NoProposalChosen)?;
+        if IkeSuite::of(&chosen).is_none() {
+            return Err(Refusal::NoProposalChosen);
+        }
+        // Take the peer's key exchange as it is when its group is acceptable
+        // with the same algorithms: saves the INVALID_KE_PAYLOAD round trip.
+        if chosen.dh != Some(ke.group) {
+            let mut alt = chosen.clone();
+            alt.dh = Some(ke.group);
+            let offered = sa_p.proposals.iter().any(|p| {
+                p.num == chosen.num
+                    && p.transforms.iter().any(|t| {
+                        t.ty == crate::wire::registry::TransformType::DH && t.id == ke.group.0
+                    })
+            });
+            if offered && alt.allowed_by(&self.ike_proposals) && group_of(ke.group).is_some() {
+                chosen = alt;
+            } else {
+                return Err(Refusal::InvalidKe(
+                    chosen.dh.expect("IKE proposals have a group"),
+                ));
+            }
+        }
+        let suite = IkeSuite::of(&chosen).ok_or(Refusal::NoProposalChosen)?;
+        let group = chosen.dh.expect("IKE proposals have a group");
+        let dh = DhState::generate(group, &mut *self.rng).ok_or(Refusal::NoProposalChosen)?;
+        let shared = dh.agree(&ke.data).map_err(|_| Refusal::Syntax)?;
+
+        let spi_i = msg.header.spi_i;
+        let spi_r = self.fresh_ike_spi();
+        let mut nonce_r = vec![0u8; NONCE_LEN];
+        self.rng.fill(&mut nonce_r);
+        let keys = IkeKeys::derive(suite, &shared, &nonce.0, &nonce_r, spi_i, spi_r);
+        let sk = SkCrypto::new(&keys).ok_or(Refusal::NoProposalChosen)?;
+
+        // §2.23: the hashes in the request cover SPIi and a zero SPIr.
+        let nat_remote =
+            !nat_src.is_empty() && !nat_src.iter().any(|d| d[..] == nat_hash(spi_i, 0, remote));
+        let nat_local =
+            !nat_dst.is_empty() && !nat_dst.iter().any(|d| d[..] == nat_hash(spi_i, 0, local));
+        let peer_natd = !nat_src.is_empty() || !nat_dst.is_empty();
+
+        let handle = self.new_handle();
+        let mut sa = IkeSa {
+            handle,
+            initiator: false,
+            spi_i,
+            spi_r,
+            local,
+            remote,
+            tunnel: None,
+            remote_id: None,
+            phase: Phase::ResponderAwaitAuth,
+            proposal: Some(chosen.clone()),
+            keys: Some(keys),
+            sk: Some(sk),
+            nonce_i: nonce.0.clone(),
+            nonce_r: nonce_r.clone(),
+            init_request: data.to_vec(),
+            init_response: vec![],
+            nat_local,
+            nat_remote,
+            next_request_id: 0,
+            outstanding: None,
+            next_peer_request_id: 1,
+            last_response: None,
+            last_request_hash: None,
+            children: vec![],
+            established_at: None,
+            deadline: Some(now + self.config.half_open_timeout),
+            scheduled: None,
+        };
+        let mut payloads = vec![
+            Payload::Sa(SaPayload {
+                proposals: vec![chosen.to_wire(vec![])],
+            }),
+            Payload::Ke(Ke {
+                group,
+                data: dh.public().to_vec(),
+            }),
+            Payload::Nonce(Nonce(nonce_r)),
+        ];
+        if peer_natd {
+            payloads.push(Payload::Notify(notify(
+                NotifyType::NAT_DETECTION_SOURCE_IP,
+                nat_hash(spi_i, spi_r, local).to_vec(),
+            )));
+            payloads.push(Payload::Notify(notify(
+                NotifyType::NAT_DETECTION_DESTINATION_IP,
+                nat_hash(spi_i, spi_r, remote).to_vec(),
+            )));
+        }
+        let out = Message {
+            header: sa.header(ExchangeType::IKE_SA_INIT, 0, true),
+            payloads,
+            encrypted: None,
+        }
+        .emit();
+        sa.init_response = out.clone();
+        sa.last_response = Some((0, out.clone()));
+        self.send(&sa, out);
+        self.by_spi.insert(spi_r, handle);
+        self.half_open.insert((spi_i, remote), handle);
+        tracing::debug!(%remote, spi_r = format_args!("{spi_r:016x}"), proposal = %chosen, "IKE_SA_INIT answered");
+        self.put_back(sa);
+        Ok(())
+    }
+
+    // ------------------------------------------------------------ requests
+
+    /// A request from the peer on an existing SA. Returns whether the SA lives on.
+    fn handle_request(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        local: SocketAddr,
+        remote: SocketAddr,
+        data: &[u8],
+        msg: Message,
+    ) -> bool {
+        let id = msg.header.message_id;
+        // Window size 1 (we never send SET_WINDOW_SIZE): the previous request
+        // gets its cached answer again, anything else is out of window.
+        if id.wrapping_add(1) == sa.next_peer_request_id {
+            if let Some((rid, bytes)) = &sa.last_response {
+                // Replay only for the very request we answered, or one that
+                // authenticates: a forged copy must not make us a reflector.
+                let same = sa.last_request_hash == Some(prf::sha1(&[data]));
+                if *rid == id && (same || self.open(sa, data, &msg).is_some()) {
+                    self.counters.rx_retransmits += 1;
+                    let bytes = bytes.clone();
+                    // Answer where the retransmission came from (it may have
+                    // floated to the NAT-T port meanwhile).
+                    self.transmits.push_back(Transmit {
+                        local,
+                        remote,
+                        natt: local.port() == self.config.natt_port,
+                        payload: bytes,
+                    });
+                    return true;
+                }
+            }
+            self.counters.rx_dropped += 1;
+            return true;
+        }
+        if id != sa.next_peer_request_id {
+            self.counters.rx_dropped += 1;
+            return true;
+        }
+        let Some(payloads) = self.open(sa, data, &msg) else {
+            return true;
+        };
+        // An authenticated message: follow the peer to its current address
+        // (it floats to the NAT-T port, or its NAT mapping changed, §2.23).
+        sa.local = local;
+        sa.remote = remote;
+        sa.next_peer_request_id = id.wrapping_add(1);
+        sa.last_request_hash = Some(prf::sha1(&[data]));
+        if let Err(refusal) = check_critical(&payloads) {
+            self.respond(
+                sa,
+                msg.header.exchange,
+                id,
+                vec![Payload::Notify(refusal.notify())],
+            );
+            return !matches!(sa.phase, Phase::ResponderAwaitAuth);
+        }
+        match (msg.header.exchange, &sa.phase) {
+            (ExchangeType::IKE_AUTH, Phase::ResponderAwaitAuth) => {
+                self.handle_auth_request(now, sa, id, payloads)
+            }
+            (ExchangeType::INFORMATIONAL, Phase::Established | Phase::Deleting) => {
+                self.handle_informational(sa, id, payloads)
+            }
+            (ExchangeType::CREATE_CHILD_SA, Phase::Established) => {
+                // Rekeying and extra child SAs come with the lifecycle work;
+                // until then the peer is told plainly.
+                self.respond(
+                    sa,
+                    ExchangeType::CREATE_CHILD_SA,
+                    id,
+                    vec![Payload::Notify(Refusal::NoAdditionalSas.notify())],
+                );
+                true
+            }
+            _ => {
+                self.counters.rx_dropped += 1;
+                // Keep the window moving so the peer's retransmits are answered
+                // consistently: an empty INFORMATIONAL-style answer would be
+                // wrong for other exchanges, so we answer INVALID_SYNTAX.
+                self.respond(
+                    sa,
+                    msg.header.exchange,
+                    id,
+                    vec![Payload::Notify(Refusal::Syntax.notify())],
+                );
+                true
+            }
+        }
+    }
+
+    fn handle_auth_request(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        id: u32,
+        payloads: Vec<Payload>,
+    ) -> bool {
+        match self.accept_auth(now, sa, &payloads) {
+            Ok(response) => {
+                self.respond(sa, ExchangeType::IKE_AUTH, id, response);
+                true
+            }
+            Err(refusal) => {
+                match refusal {
+                    Refusal::AuthenticationFailed => self.counters.auth_failed += 1,
+                    Refusal::NoProposalChosen => self.counters.no_proposal_chosen += 1,
+                    _ => {}
+                }
+                tracing::info!(remote = %sa.remote, tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), ?refusal, "IKE_AUTH refused");
+                self.respond(
+                    sa,
+                    ExchangeType::IKE_AUTH,
+                    id,
+                    vec![Payload::Notify(refusal.notify())],
+                );
+                let reason = match refusal {
+                    Refusal::AuthenticationFailed => SaEndReason::AuthenticationFailed,
+                    Refusal::NoProposalChosen => SaEndReason::NoProposalChosen,
+                    _ => SaEndReason::PeerError(refusal.notify().ty),
+                };
+                self.events.push_back(Event::IkeSaFailed {
+                    info: sa.info(),
+                    reason,
+                });
+                false
+            }
+        }
+    }
+
+    /// Authenticates the initiator and builds the IKE_AUTH response.
+    fn accept_auth(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        payloads: &[Payload],
+    ) -> Result<Vec<Payload>, Refusal> {
+        let mut idi = None;
+        let mut idr = None;
+        let mut auth = None;
+        let mut sa_p = None;
+        let mut tsi = None;
+        let mut tsr = None;
+        let mut initial_contact = false;
+        for p in payloads {
+            match p {
+                Payload::IdI(x) if idi.is_none() => idi = Some(x),
+                Payload::IdR(x) if idr.is_none() => idr = Some(x),
+                Payload::Auth(x) if auth.is_none() => auth = Some(x),
+                Payload::Sa(x) if sa_p.is_none() => sa_p = Some(x),
+                Payload::TsI(x) if tsi.is_none() => tsi = Some(x),
+                Payload::TsR(x) if tsr.is_none() => tsr = Some(x),
+                Payload::Notify(n) if n.ty == NotifyType::INITIAL_CONTACT => initial_contact = true,
+                _ => {}
+            }
+        }
+        let idi = idi.ok_or(Refusal::Syntax)?;
+        // No AUTH means EAP, which we do not offer.
+        let auth = auth.ok_or(Refusal::AuthenticationFailed)?;
+        // The peer's identity selects the tunnel, never its address.
+        let tunnel = self
+            .config
+            .tunnels
+            .iter()
+            .find(|t| t.remote_id.matches(idi))
+            .cloned()
+            .ok_or(Refusal::AuthenticationFailed)?;
+        sa.tunnel = Some(tunnel.clone());
+        sa.remote_id = Some(Identity::from_wire(idi));
+        if idr.is_some_and(|r| !tunnel.local_id.matches(r)) {
+            return Err(Refusal::AuthenticationFailed);
+        }
+        let chosen = sa.proposal.as_ref().expect("set in IKE_SA_INIT");
+        if !chosen.allowed_by(&tunnel.ike_proposals) {
+            // The algorithms were picked for the whole node; this tunnel is
+            // stricter. strongSwan, too, refuses the config then.
+            return Err(Refusal::AuthenticationFailed);
+        }
+        if auth.method != AuthMethod::SHARED_KEY_MIC {
+            return Err(Refusal::AuthenticationFailed);
+        }
+        let keys = sa.keys.as_ref().expect("set in IKE_SA_INIT");
+        let expected = keys.psk_auth(&tunnel.psk, true, &sa.init_request, &sa.nonce_r, idi);
+        if !ct_eq(expected.as_bytes(), &auth.data) {
+            return Err(Refusal::AuthenticationFailed);
+        }
+
+        // Authenticated.
+        let our_id = tunnel.local_id.to_wire();
+        let our_auth = keys.psk_auth(&tunnel.psk, false, &sa.init_response, &sa.nonce_i, &our_id);
+        let mut response = vec![
+            Payload::IdR(our_id),
+            Payload::Auth(Auth {
+                method: AuthMethod::SHARED_KEY_MIC,
+                data: our_auth.as_bytes().to_vec(),
+            }),
+        ];
+        sa.phase = Phase::Established;
+        sa.deadline = None;
+        sa.established_at = Some(now);
+        self.half_open.remove(&(sa.spi_i, sa.remote));
+        // The half-open key was the address IKE_SA_INIT came from; remove
+        // whatever entry points at us in case the peer floated.
+        self.half_open.retain(|_, h| *h != sa.handle);
+        self.counters.ike_sa_established += 1;
+        tracing::info!(tunnel = %tunnel.id, remote = %sa.remote, id = %Identity::from_wire(idi), proposal = ?sa.proposal.as_ref().map(|p| p.to_string()), "IKE SA established (responder)");
+        if initial_contact {
+            self.replace_on_initial_contact(sa);
+        }
+        self.events.push_back(Event::IkeSaEstablished(sa.info()));
+
+        // The first child SA (§1.2). Its failure leaves the IKE SA up.
+        match self.accept_first_child(sa, &tunnel, sa_p, tsi, tsr) {
+            Ok((child, mut child_payloads)) => {
+                response.append(&mut child_payloads);
+                self.child_established(sa, child);
+            }
+            Err(refusal) => {
+                tracing::info!(tunnel = %tunnel.id, ?refusal, "first child SA refused");
+                self.events.push_back(Event::ChildSaFailed {
+                    tunnel: tunnel.id.clone(),
+                    ike: sa.handle,
+                    reason: refusal.notify().ty,
+                });
+                if refusal == Refusal::NoProposalChosen {
+                    self.counters.no_proposal_chosen += 1;
+                }
+                response.push(Payload::Notify(refusal.notify()));
+            }
+        }
+        Ok(response)
+    }
+
+    fn accept_first_child(
+        &mut self,
+        sa: &IkeSa,
+        tunnel: &Arc<TunnelConfig>,
+        sa_p: Option<&SaPayload>,
+        tsi: Option<&Ts>,
+        tsr: Option<&Ts>,
+    ) -> Result<(ChildSa, Vec<Payload>), Refusal> {
+        let (Some(sa_p), Some(tsi), Some(tsr)) = (sa_p, tsi, tsr) else {
+            return Err(Refusal::Syntax);
+        };
+        let chosen = proposal::select(
+            &tunnel.esp_proposals,
+            &sa_p.proposals,
+            ProtocolId::ESP,
+            DhPolicy::Ignore,
+        )
+        .ok_or(Refusal::NoProposalChosen)?;
+        let spi_out = spi_from(&chosen.peer_spi).ok_or(Refusal::Syntax)?;
+        // TSi is the initiator's (the customer's) side, TSr ours (§2.9).
+        let remote_ts = ts::narrow(&tsi.selectors, &tunnel.remote_ts);
+        let local_ts = ts::narrow(&tsr.selectors, &tunnel.local_ts);
+        if remote_ts.is_empty() || local_ts.is_empty() {
+            return Err(Refusal::TsUnacceptable);
+        }
+        let keys = sa.keys.as_ref().expect("established");
+        let ck = keys
+            .child_keys(&chosen, &sa.nonce_i, &sa.nonce_r)
+            .ok_or(Refusal::NoProposalChosen)?;
+        let spi_in = self.fresh_esp_spi();
+        let payloads = vec![
+            Payload::Sa(SaPayload {
+                proposals: vec![chosen.to_wire(spi_in.to_be_bytes().to_vec())],
+            }),
+            Payload::TsI(Ts {
+                selectors: remote_ts.clone(),
+            }),
+            Payload::TsR(Ts {
+                selectors: local_ts.clone(),
+            }),
+        ];
+        let child = ChildSa {
+            tunnel: tunnel.id.clone(),
+            ike: sa.handle,
+            spi_in,
+            spi_out,
+            proposal: chosen,
+            keys_in: DirectionKeys {
+                encr: ck.i_to_r.0,
+                integ: ck.i_to_r.1,
+            },
+            keys_out: DirectionKeys {
+                encr: ck.r_to_i.0,
+                integ: ck.r_to_i.1,
+            },
+            local_ts,
+            remote_ts,
+            lifetime: tunnel.child_lifetime,
+            local: sa.local,
+            remote: sa.remote,
+            encap: self.uses_encap(sa),
+        };
+        Ok((child, payloads))
+    }
+
+    fn handle_informational(&mut self, sa: &mut IkeSa, id: u32, payloads: Vec<Payload>) -> bool {
+        let mut answer = Vec::new();
+        let mut delete_ike = false;
+        let mut our_deleted = Vec::new();
+        for p in &payloads {
+            if let Payload::Delete(d) = p {
+                match d.protocol {
+                    ProtocolId::IKE => delete_ike = true,
+                    ProtocolId::ESP => {
+                        for s in &d.spis {
+                            // The peer names its inbound SPI, our outbound one.
+                            let Some(out) = spi_from(s) else { continue };
+                            if let Some(pos) = sa.children.iter().position(|c| c.spi_out == out) {
+                                let c = sa.children.remove(pos);
+                                our_deleted.push(c.spi_in.to_be_bytes().to_vec());
+                                self.events.push_back(Event::ChildSaDeleted {
+                                    tunnel: sa
+                                        .tunnel
+                                        .as_ref()
+                                        .map(|t| t.id.clone())
+                                        .unwrap_or_else(|| "".into()),
+                                    ike: sa.handle,
+                                    spi_in: c.spi_in,
+                                    spi_out: c.spi_out,
+                                });
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        if delete_ike {
+            // §1.4.1: answer with an empty INFORMATIONAL, then forget.
+            self.respond(sa, ExchangeType::INFORMATIONAL, id, vec![]);
+            self.child_deleted_events(sa);
+            tracing::info!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), remote = %sa.remote, "IKE SA deleted by peer");
+            self.events.push_back(Event::IkeSaDeleted {
+                info: sa.info(),
+                reason: SaEndReason::DeletedByPeer,
+            });
+            return false;
+        }
+        if !our_deleted.is_empty() {
+            answer.push(Payload::Delete(Delete {
+                protocol: ProtocolId::ESP,
+                spi_size: 4,
+                spis: our_deleted,
+            }));
+        }
+        // Liveness checks (empty requests) and notifies get an answer too.
+        self.respond(sa, ExchangeType::INFORMATIONAL, id, answer);
+        true
+    }
+
+    // ----------------------------------------------------------- responses
+
+    fn handle_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        _local: SocketAddr,
+        _remote: SocketAddr,
+        data: &[u8],
+        msg: Message,
+    ) -> bool {
+        let Some(out) = &sa.outstanding else {
+            self.counters.rx_dropped += 1;
+            return true;
+        };
+        if out.msg_id != msg.header.message_id {
+            self.counters.rx_dropped += 1;
+            return true;
+        }
+        match (&sa.phase, msg.header.exchange) {
+            (Phase::InitiatorInitSent { .. }, ExchangeType::IKE_SA_INIT) => {
+                self.handle_init_response(now, sa, data, msg)
+            }
+            (Phase::InitiatorAuthSent { .. }, ExchangeType::IKE_AUTH) => {
+                self.handle_auth_response(now, sa, data, msg)
+            }
+            (Phase::Deleting, ExchangeType::INFORMATIONAL) => {
+                if self.open(sa, data, &msg).is_none() {
+                    return true;
+                }
+                self.child_deleted_events(sa);
+                tracing::info!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), "IKE SA deleted");
+                self.events.push_back(Event::IkeSaDeleted {
+                    info: sa.info(),
+                    reason: SaEndReason::DeletedLocally,
+                });
+                false
+            }
+            (Phase::Established, _) => {
+                let Some(_payloads) = self.open(sa, data, &msg) else {
+                    return true;
+                };
+                sa.outstanding = None;
+                true
+            }
+            _ => {
+                self.counters.rx_dropped += 1;
+                true
+            }
+        }
+    }
+
+    fn handle_init_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        data: &[u8],
+        msg: Message,
+    ) -> bool {
+        let tunnel = sa.tunnel.clone().expect("initiator SAs know their tunnel");
+        // Error answers first (§1.2, §2.6).
+        for p in &msg.payloads {
+            let Payload::Notify(n) = p else { continue };
+            match n.ty {
+                NotifyType::INVALID_KE_PAYLOAD => {
+                    let Phase::InitiatorInitSent {
+                        invalid_ke_retries, ..
+                    } = &sa.phase
+                    else {
+                        unreachable!()
+                    };
+                    let retries = *invalid_ke_retries;
+                    let wanted = n
+                        .data
+                        .get(..2)
+                        .map(|b| DhId(u16::from_be_bytes([b[0], b[1]])));
+                    let ours = wanted.filter(|g| {
+                        tunnel.ike_proposals.iter().any(|p| p.dh.contains(g))
+                            && group_of(*g).is_some()
+                    });
+                    match ours {
+                        Some(g) if retries < MAX_INVALID_KE_RETRIES => {
+                            tracing::info!(tunnel = %tunnel.id, group = ?g, "peer asked for another key exchange group");
+                            let dh = DhState::generate(g, &mut *self.rng).expect("checked");
+                            sa.phase = Phase::InitiatorInitSent {
+                                dh,
+                                invalid_ke_retries: retries + 1,
+                            };
+                            self.send_init_request(now, sa, None);
+                            return true;
+                        }
+                        _ => return self.fail(sa, SaEndReason::PeerError(n.ty)),
+                    }
+                }
+                NotifyType::COOKIE => {
+                    // §2.6: repeat the request with the cookie in front.
+                    let cookie = n.data.clone();
+                    self.send_init_request(now, sa, Some(cookie));
+                    return true;
+                }
+                NotifyType::NO_PROPOSAL_CHOSEN => {
+                    self.counters.no_proposal_chosen += 1;
+                    return self.fail(sa, SaEndReason::NoProposalChosen);
+                }
+                t if t.is_error() => return self.fail(sa, SaEndReason::PeerError(t)),
+                _ => {}
+            }
+        }
+        if check_critical(&msg.payloads).is_err() || msg.header.spi_r == 0 {
+            self.counters.rx_malformed += 1;
+            return self.fail(sa, SaEndReason::PeerError(NotifyType::INVALID_SYNTAX));
+        }
+        let mut sa_p = None;
+        let mut ke = None;
+        let mut nonce = None;
+        let mut nat_src = Vec::new();
+        let mut nat_dst = Vec::new();
+        for p in &msg.payloads {
+            match p {
+                Payload::Sa(s) if sa_p.is_none() => sa_p = Some(s),
+                Payload::Ke(k) if ke.is_none() => ke = Some(k),
+                Payload::Nonce(n) if nonce.is_none() => nonce = Some(n),
+                Payload::Notify(n) if n.ty == NotifyType::NAT_DETECTION_SOURCE_IP => {
+                    nat_src.push(n.data.clone())
+                }
+                Payload::Notify(n) if n.ty == NotifyType::NAT_DETECTION_DESTINATION_IP => {
+                    nat_dst.push(n.data.clone())
+                }
+                _ => {}
+            }
+        }
+        let (Some(sa_p), Some(ke), Some(nonce)) = (sa_p, ke, nonce) else {
+            self.counters.rx_malformed += 1;
+            return self.fail(sa, SaEndReason::PeerError(NotifyType::INVALID_SYNTAX));
+        };
+        // The answer must be exactly one of our offers (§3.3.6).
+        let chosen = match sa_p.proposals.as_slice() {
+            [one] => proposal::select(
+                &tunnel.ike_proposals,
+                std::slice::from_ref(one),
+                ProtocolId::IKE,
+                DhPolicy::Required,
+            ),
+            _ => None,
+        };
+        let Phase::InitiatorInitSent { dh, .. } = &sa.phase else {
+            unreachable!()
+        };
+        let Some(chosen) = chosen.filter(|c| c.dh == Some(ke.group) && dh.group() == ke.group)
+        else {
+            return self.fail(sa, SaEndReason::NoProposalChosen);
+        };
+        let Some(suite) = IkeSuite::of(&chosen) else {
+            return self.fail(sa, SaEndReason::NoProposalChosen);
+        };
+        let Ok(shared) = dh.agree(&ke.data) else {
+            self.counters.rx_malformed += 1;
+            return self.fail(sa, SaEndReason::PeerError(NotifyType::INVALID_SYNTAX));
+        };
+        sa.spi_r = msg.header.spi_r;
+        sa.nonce_r = nonce.0.clone();
+        sa.init_response = data.to_vec();
+        let keys = IkeKeys::derive(suite, &shared, &sa.nonce_i, &sa.nonce_r, sa.spi_i, sa.spi_r);
+        let Some(sk) = SkCrypto::new(&keys) else {
+            return self.fail(sa, SaEndReason::NoProposalChosen);
+        };
+        sa.keys = Some(keys);
+        sa.sk = Some(sk);
+        sa.proposal = Some(chosen);
+        sa.outstanding = None;
+
+        // §2.23: the responder's hashes cover both SPIs.
+        sa.nat_remote = !nat_src.is_empty()
+            && !nat_src
+                .iter()
+                .any(|d| d[..] == nat_hash(sa.spi_i, sa.spi_r, sa.remote));
+        sa.nat_local = !nat_dst.is_empty()
+            && !nat_dst
+                .iter()
+                .any(|d| d[..] == nat_hash(sa.spi_i, sa.spi_r, sa.local));
+        if (sa.nat_local || sa.nat_remote) && sa.local.port() != self.config.natt_port {
+            // Float to the NAT-T ports for IKE_AUTH on (§2.23, RFC 3948).
+            sa.local.set_port(self.config.natt_port);
+            sa.remote.set_port(4500);
+        }
+
+        // IKE_AUTH request (§1.2).
+        let our_id = tunnel.local_id.to_wire();
+        let keys = sa.keys.as_ref().expect("just set");
+        let auth = keys.psk_auth(&tunnel.psk, true, &sa.init_request, &sa.nonce_r, &our_id);
+        let child_spi_in = self.fresh_esp_spi();
+        let mut payloads = vec![Payload::IdI(our_id)];
+        if !self.has_other_sa(&tunnel.id, sa.handle) {
+            // §2.4: we hold no other IKE SA with this peer; it may drop its
+            // stale ones.
+            payloads.push(Payload::Notify(notify(NotifyType::INITIAL_CONTACT, vec![])));
+        }
+        payloads.push(Payload::IdR(tunnel.remote_id.to_wire()));
+        payloads.push(Payload::Auth(Auth {
+            method: AuthMethod::SHARED_KEY_MIC,
+            data: auth.as_bytes().to_vec(),
+        }));
+        let proposals = tunnel
+            .esp_proposals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.to_wire(i as u8 + 1, child_spi_in.to_be_bytes().to_vec(), false))
+            .collect();
+        payloads.push(Payload::Sa(SaPayload { proposals }));
+        payloads.push(Payload::TsI(Ts {
+            selectors: tunnel.local_ts.clone(),
+        }));
+        payloads.push(Payload::TsR(Ts {
+            selectors: tunnel.remote_ts.clone(),
+        }));
+        sa.phase = Phase::InitiatorAuthSent { child_spi_in };
+        self.send_request(now, sa, ExchangeType::IKE_AUTH, payloads);
+        true
+    }
+
+    fn handle_auth_response(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        data: &[u8],
+        msg: Message,
+    ) -> bool {
+        let Some(payloads) = self.open(sa, data, &msg) else {
+            return true;
+        };
+        sa.outstanding = None;
+        let tunnel = sa.tunnel.clone().expect("initiator SAs know their tunnel");
+        let Phase::InitiatorAuthSent { child_spi_in } = sa.phase else {
+            unreachable!()
+        };
+        let mut idr = None;
+        let mut auth = None;
+        let mut sa_p = None;
+        let mut tsi = None;
+        let mut tsr = None;
+        let mut child_error = None;
+        for p in &payloads {
+            match p {
+                Payload::IdR(x) if idr.is_none() => idr = Some(x),
+                Payload::Auth(x) if auth.is_none() => auth = Some(x),
+                Payload::Sa(x) if sa_p.is_none() => sa_p = Some(x),
+                Payload::TsI(x) if tsi.is_none() => tsi = Some(x),
+                Payload::TsR(x) if tsr.is_none() => tsr = Some(x),
+                Payload::Notify(n) if n.ty == NotifyType::AUTHENTICATION_FAILED => {
+                    self.counters.auth_failed += 1;
+                    return self.fail(sa, SaEndReason::AuthenticationFailed);
+                }
+                Payload::Notify(n) if n.ty.is_error() => child_error = Some(n.ty),
+                _ => {}
+            }
+        }
+        let (Some(idr), Some(auth)) = (idr, auth) else {
+            return self.fail(
+                sa,
+                SaEndReason::PeerError(child_error.unwrap_or(NotifyType::INVALID_SYNTAX)),
+            );
+        };
+        let keys = sa.keys.as_ref().expect("set after IKE_SA_INIT");
+        let expected = keys.psk_auth(&tunnel.psk, false, &sa.init_response, &sa.nonce_i, idr);
+        if !tunnel.remote_id.matches(idr)
+            || auth.method != AuthMethod::SHARED_KEY_MIC
+            || !ct_eq(expected.as_bytes(), &auth.data)
+        {
+            self.counters.auth_failed += 1;
+            tracing::info!(tunnel = %tunnel.id, "responder failed authentication");
+            return self.fail(sa, SaEndReason::AuthenticationFailed);
+        }
+        sa.remote_id = Some(Identity::from_wire(idr));
+        sa.phase = Phase::Established;
+        sa.deadline = None;
+        sa.established_at = Some(now);
+        sa.next_peer_request_id = 0;
+        self.counters.ike_sa_established += 1;
+        tracing::info!(tunnel = %tunnel.id, remote = %sa.remote, proposal = ?sa.proposal.as_ref().map(|p| p.to_string()), "IKE SA established (initiator)");
+        self.events.push_back(Event::IkeSaEstablished(sa.info()));
+
+        let child = (|| {
+            let (sa_p, tsi, tsr) = (sa_p?, tsi?, tsr?);
+            let [answer] = sa_p.proposals.as_slice() else {
+                return None;
+            };
+            let chosen = proposal::select(
+                &tunnel.esp_proposals,
+                std::slice::from_ref(answer),
+                ProtocolId::ESP,
+                DhPolicy::Ignore,
+            )?;
+            let spi_out = spi_from(&chosen.peer_spi)?;
+            // The responder may only narrow what we proposed (§2.9).
+            let within = |got: &[TrafficSelector], ours: &[TrafficSelector]| {
+                !got.is_empty()
+                    && got
+                        .iter()
+                        .all(|g| ours.iter().any(|o| ts::intersect(g, o).as_ref() == Some(g)))
+            };
+            if !within(&tsi.selectors, &tunnel.local_ts)
+                || !within(&tsr.selectors, &tunnel.remote_ts)
+            {
+                return None;
+            }
+            let ck = sa
+                .keys
+                .as_ref()?
+                .child_keys(&chosen, &sa.nonce_i, &sa.nonce_r)?;
+            Some(ChildSa {
+                tunnel: tunnel.id.clone(),
+                ike: sa.handle,
+                spi_in: child_spi_in,
+                spi_out,
+                proposal: chosen,
+                keys_in: DirectionKeys {
+                    encr: ck.r_to_i.0,
+                    integ: ck.r_to_i.1,
+                },
+                keys_out: DirectionKeys {
+                    encr: ck.i_to_r.0,
+                    integ: ck.i_to_r.1,
+                },
+                local_ts: tsi.selectors.clone(),
+                remote_ts: tsr.selectors.clone(),
+                lifetime: tunnel.child_lifetime,
+                local: sa.local,
+                remote: sa.remote,
+                encap: self.uses_encap(sa),
+            })
+        })();
+        match child {
+            Some(c) => self.child_established(sa, c),
+            None => {
+                let reason = child_error.unwrap_or(NotifyType::INVALID_SYNTAX);
+                tracing::info!(tunnel = %tunnel.id, ?reason, "first child SA not created");
+                self.events.push_back(Event::ChildSaFailed {
+                    tunnel: tunnel.id.clone(),
+                    ike: sa.handle,
+                    reason,
+                });
+            }
+        }
+        true
+    }
+
+    // ------------------------------------------------------------- helpers
+
+    fn send_init_request(&mut self, now: Instant, sa: &mut IkeSa, cookie: Option<Vec<u8>>) {
+        let tunnel = sa.tunnel.clone().expect("initiator SAs know their tunnel");
+        let Phase::InitiatorInitSent { dh, .. } = &sa.phase else {
+            unreachable!()
+        };
+        let mut payloads = Vec::new();
+        if let Some(c) = cookie {
+            payloads.push(Payload::Notify(notify(NotifyType::COOKIE, c)));
+        }
+        let proposals = tunnel
+            .ike_proposals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| p.to_wire(i as u8 + 1, vec![], true))
+            .collect();
+        payloads.push(Payload::Sa(SaPayload { proposals }));
+        payloads.push(Payload::Ke(Ke {
+            group: dh.group(),
+            data: dh.public().to_vec(),
+        }));
+        payloads.push(Payload::Nonce(Nonce(sa.nonce_i.clone())));
+        payloads.push(Payload::Notify(notify(
+            NotifyType::NAT_DETECTION_SOURCE_IP,
+            nat_hash(sa.spi_i, 0, sa.local).to_vec(),
+        )));
+        payloads.push(Payload::Notify(notify(
+            NotifyType::NAT_DETECTION_DESTINATION_IP,
+            nat_hash(sa.spi_i, 0, sa.remote).to_vec(),
+        )));
+        let bytes = Message {
+            header: sa.header(ExchangeType::IKE_SA_INIT, 0, false),
+            payloads,
+            encrypted: None,
+        }
+        .emit();
+        sa.init_request = bytes.clone();
+        sa.next_request_id = 1;
+        sa.outstanding = Some(Outstanding {
+            msg_id: 0,
+            bytes: bytes.clone(),
+            tries: 0,
+            next_at: now + self.config.retransmit.timeout,
+        });
+        self.send(sa, bytes);
+    }
+
+    fn send_request(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        exchange: ExchangeType,
+        payloads: Vec<Payload>,
+    ) {
+        let msg_id = sa.next_request_id;
+        sa.next_request_id += 1;
+        let header = sa.header(exchange, msg_id, false);
+        let bytes = sa
+            .sk
+            .as_mut()
+            .expect("keys before encrypted exchanges")
+            .seal(sa.initiator, &header, &payloads, &mut *self.rng);
+        sa.outstanding = Some(Outstanding {
+            msg_id,
+            bytes: bytes.clone(),
+            tries: 0,
+            next_at: now + self.config.retransmit.timeout,
+        });
+        self.send(sa, bytes);
+    }
+
+    /// Sends an encrypted response and keeps it for retransmitted requests.
+    fn respond(
+        &mut self,
+        sa: &mut IkeSa,
+        exchange: ExchangeType,
+        msg_id: u32,
+        payloads: Vec<Payload>,
+    ) {
+        let header = sa.header(exchange, msg_id, true);
+        let bytes = sa
+            .sk
+            .as_mut()
+            .expect("keys before encrypted exchanges")
+            .seal(sa.initiator, &header, &payloads, &mut *self.rng);
+        sa.last_response = Some((msg_id, bytes.clone()));
+        self.send(sa, bytes);
+    }
+
+    /// Decrypts a protected message from the peer, counting failures.
+    fn open(&mut self, sa: &IkeSa, data: &[u8], msg: &Message) -> Option<Vec<Payload>> {
+        let Some(sk) = sa.sk.as_ref() else {
+            self.counters.rx_dropped += 1;
+            return None;
+        };
+        match &msg.encrypted {
+            Some(Encrypted::Sk {
+                first_inner,
+                aad_len,
+                body,
+            }) => {
+                match sk.open(
+                    msg.header.flags.initiator(),
+                    data,
+                    *first_inner,
+                    *aad_len,
+                    body.clone(),
+                ) {
+                    Ok(p) => Some(p),
+                    Err(OpenError::Integrity) => {
+                        self.counters.rx_decrypt_failed += 1;
+                        None
+                    }
+                    Err(OpenError::Malformed | OpenError::Payloads(_)) => {
+                        self.counters.rx_malformed += 1;
+                        None
+                    }
+                }
+            }
+            // Fragments (RFC 7383) are reassembled once fragmentation lands;
+            // until then they are counted and dropped.
+            Some(Encrypted::Skf { .. }) | None => {
+                self.counters.rx_dropped += 1;
+                None
+            }
+        }
+    }
+
+    fn child_established(&mut self, sa: &mut IkeSa, child: ChildSa) {
+        sa.children.push(ChildRef {
+            spi_in: child.spi_in,
+            spi_out: child.spi_out,
+        });
+        self.counters.child_sa_established += 1;
+        tracing::info!(
+            tunnel = %child.tunnel,
+            spi_in = format_args!("{:08x}", child.spi_in),
+            spi_out = format_args!("{:08x}", child.spi_out),
+            proposal = %child.proposal,
+            local_ts = ?child.local_ts.iter().map(ts::display).collect::<Vec<_>>(),
+            remote_ts = ?child.remote_ts.iter().map(ts::display).collect::<Vec<_>>(),
+            "child SA established"
+        );
+        self.events
+            .push_back(Event::ChildSaEstablished(Box::new(child)));
+    }
+
+    fn child_deleted_events(&mut self, sa: &IkeSa) {
+        let tunnel = sa
+            .tunnel
+            .as_ref()
+            .map(|t| t.id.clone())
+            .unwrap_or_else(|| "".into());
+        for c in &sa.children {
+            self.events.push_back(Event::ChildSaDeleted {
+                tunnel: tunnel.clone(),
+                ike: sa.handle,
+                spi_in: c.spi_in,
+                spi_out: c.spi_out,
+            });
+        }
+    }
+
+    /// INITIAL_CONTACT (§2.4): the peer has no other IKE SA with us, so
+    /// every other IKE SA of the same tunnel and identity is stale.
+    fn replace_on_initial_contact(&mut self, sa: &IkeSa) {
+        let (Some(tunnel), Some(id)) = (&sa.tunnel, &sa.remote_id) else {
+            return;
+        };
+        let stale: Vec<IkeSaHandle> = self
+            .sas
+            .values()
+            .filter(|o| {
+                o.handle != sa.handle
+                    && o.tunnel.as_ref().is_some_and(|t| t.id == tunnel.id)
+                    && o.remote_id.as_ref() == Some(id)
+            })
+            .map(|o| o.handle)
+            .collect();
+        for h in stale {
+            if let Some(old) = self.sas.remove(&h) {
+                tracing::info!(tunnel = %tunnel.id, old = format_args!("{:016x}", old.our_spi()), "INITIAL_CONTACT: replacing the old IKE SA");
+                self.child_deleted_events(&old);
+                self.events.push_back(Event::IkeSaDeleted {
+                    info: old.info(),
+                    reason: SaEndReason::ReplacedByInitialContact,
+                });
+                self.forget(old);
+            }
+        }
+    }
+
+    fn has_other_sa(&self, tunnel: &str, me: IkeSaHandle) -> bool {
+        self.sas.values().any(|o| {
+            o.handle != me
+                && matches!(o.phase, Phase::Established)
+                && o.tunnel.as_ref().is_some_and(|t| &*t.id == tunnel)
+        })
+    }
+
+    fn fail(&mut self, sa: &mut IkeSa, reason: SaEndReason) -> bool {
+        tracing::info!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), remote = %sa.remote, ?reason, "IKE SA failed");
+        self.events.push_back(Event::IkeSaFailed {
+            info: sa.info(),
+            reason,
+        });
+        false
+    }
+
+    fn uses_encap(&self, sa: &IkeSa) -> bool {
+        sa.nat_local || sa.nat_remote || sa.local.port() == self.config.natt_port
+    }
+
+    fn transmit_for(&self, sa: &IkeSa, payload: Vec<u8>) -> Transmit {
+        Transmit {
+            local: sa.local,
+            remote: sa.remote,
+            natt: sa.local.port() == self.config.natt_port,
+            payload,
+        }
+    }
+
+    fn send(&mut self, sa: &IkeSa, payload: Vec<u8>) {
+        let t = self.transmit_for(sa, payload);
+        self.transmits.push_back(t);
+    }
+
+    fn put_back(&mut self, mut sa: IkeSa) {
+        let next = sa.next_timer();
+        if sa.scheduled != next {
+            if let Some(old) = sa.scheduled {
+                self.timers.remove(&(old, sa.handle));
+            }
+            if let Some(n) = next {
+                self.timers.insert((n, sa.handle));
+            }
+            sa.scheduled = next;
+        }
+        self.sas.insert(sa.handle, sa);
+    }
+
+    /// Removes every trace of an SA (the SA itself is already out of `sas`).
+    fn forget(&mut self, sa: IkeSa) {
+        if let Some(t) = sa.scheduled {
+            self.timers.remove(&(t, sa.handle));
+        }
+        if self.by_spi.get(&sa.our_spi()) == Some(&sa.handle) {
+            self.by_spi.remove(&sa.our_spi());
+        }
+        self.half_open.retain(|_, h| *h != sa.handle);
+    }
+
+    fn new_handle(&mut self) -> IkeSaHandle {
+        let h = IkeSaHandle(self.next_handle);
+        self.next_handle += 1;
+        h
+    }
+
+    fn fresh_ike_spi(&mut self) -> u64 {
+        loop {
+            let s = spi::new_ike_spi(self.config.node_index, &mut *self.rng);
+            if !self.by_spi.contains_key(&s) {
+                return s;
+            }
+        }
+    }
+
+    fn fresh_esp_spi(&mut self) -> u32 {
+        loop {
+            let s = spi::new_esp_spi(self.config.node_index, &mut *self.rng);
+            let taken = self
+                .sas
+                .values()
+                .any(|sa| sa.children.iter().any(|c| c.spi_in == s));
+            if !taken {
+                return s;
+            }
+        }
+    }
+
+    fn connect_timeout(&self) -> Duration {
+        let r = self.config.retransmit;
+        (0..=r.tries)
+            .map(|n| retransmit_delay(r.timeout, r.base, n))
+            .sum::<Duration>()
+            + Duration::from_secs(1)
+    }
+}
+
+/// RFC 7296 §2.1 leaves the schedule to us: timeout × base^n (strongSwan's).
+fn retransmit_delay(timeout: Duration, base: f64, n: u32) -> Duration {
+    timeout.mul_f64(base.powi(n as i32))
+}
+
+/// NAT_DETECTION_*_IP data (RFC 7296 §2.23):
+///   SHA-1(SPIi | SPIr | IP | Port)
+fn nat_hash(spi_i: u64, spi_r: u64, addr: SocketAddr) -> [u8; 20] {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(a) => a.octets().to_vec(),
+        std::net::IpAddr::V6(a) => a.octets().to_vec(),
+    };
+    prf::sha1(&[
+        &spi_i.to_be_bytes(),
+        &spi_r.to_be_bytes(),
+        &ip,
+        &addr.port().to_be_bytes(),
+    ])
+}
+
+fn spi_from(b: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(b.try_into().ok()?))
+}
+
+/// RFC 7296 §2.5: a payload we do not know with the critical bit set
+/// rejects the whole message.
+fn check_critical(payloads: &[Payload]) -> Result<(), Refusal> {
+    for p in payloads {
+        if let Payload::Unknown {
+            ty, critical: true, ..
+        } = p
+        {
+            return Err(Refusal::UnsupportedCritical(*ty));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,29 @@
+//! anyhub's IKEv2 (RFC 7296), sans-IO.
+//!
+//! - [`wire`]: the codec for every payload of RFC 7296 §3 (and SKF, RFC 7383).
+//! - [`Endpoint`]: one object that owns every IKE SA of a node, fed with
+//!   datagrams and `now`, polled for datagrams to send, the next timeout and
+//!   events (the quinn contract). It installs nothing: established child SAs
+//!   leave as [`Event`]s carrying their keys as data.
+//! - [`config`], [`identity`], [`proposal`], [`ts`]: what a tunnel is, in
+//!   strongSwan's vocabulary, and how offers are matched against it.
+//! - [`spi`]: SPIs that carry the allocating node's index.
+
+pub mod config;
+mod endpoint;
+pub mod event;
+pub mod identity;
+mod keys;
+pub mod proposal;
+mod sk;
+pub mod spi;
+pub mod ts;
+pub mod wire;
+
+pub use config::{EndpointConfig, RetransmitConfig, TunnelConfig, MAX_NODE_INDEX};
+pub use endpoint::{Counters, Endpoint, InitiateError, MAX_HALF_OPEN};
+pub use event::{
+    ChildSa, DirectionKeys, Event, IkeSaHandle, IkeSaInfo, IkeState, SaEndReason, Transmit,
+};
+pub use identity::Identity;
+pub use proposal::{ProposalSpec, Selected};
