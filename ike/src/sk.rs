@@ -30,8 +30,9 @@ pub(crate) enum OpenError {
 
 enum Direction {
     Aead(AeadKey),
+    // Boxed: the expanded AES key schedule is large, and CBC is the rare case.
     Cbc {
-        cipher: AesCbc,
+        cipher: Box<AesCbc>,
         integ: Integ,
         integ_key: Secret,
     },
@@ -58,7 +59,7 @@ impl SkCrypto {
             Some(match keys.suite.cipher {
                 Cipher::Aead(alg) => Direction::Aead(AeadKey::new(alg, ek.as_bytes()).ok()?),
                 Cipher::AesCbc(_) => Direction::Cbc {
-                    cipher: AesCbc::new(ek.as_bytes()).ok()?,
+                    cipher: Box::new(AesCbc::new(ek.as_bytes()).ok()?),
                     integ: keys.suite.integ?,
                     integ_key: ak.clone(),
                 },

@@ -106,6 +106,9 @@ enum Side {
     B,
 }
 
+/// Decides whether datagram number `i` (sent by `side`) is lost.
+type LossFn = Box<dyn FnMut(usize, Side, &Transmit) -> bool>;
+
 struct Pair {
     now: Instant,
     a: Endpoint,
@@ -115,7 +118,7 @@ struct Pair {
     /// Every datagram that left either side, in order.
     sent: Vec<(Side, Transmit)>,
     /// Drops a datagram when it returns true (called with its index in `sent`).
-    loss: Box<dyn FnMut(usize, Side, &Transmit) -> bool>,
+    loss: LossFn,
     /// A is behind a NAT: B sees A's datagrams from NAT_IP.
     nat: bool,
 }
