@@ -859,3 +859,31 @@ fn garbage_is_counted_and_dropped() {
         1
     );
 }
+
+/// Writes every datagram of a few handshakes into `$ANYHUB_DUMP_CORPUS`
+/// (the fuzzers' seed corpus, `scripts/fuzz.sh`); does nothing otherwise.
+#[test]
+fn dump_seed_corpus() {
+    let Some(dir) = std::env::var_os("ANYHUB_DUMP_CORPUS") else { return };
+    let dir = std::path::PathBuf::from(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut n = 0;
+    for ike in [&["aes256gcm16-prfsha256-x25519"][..], &["aes256-sha256-modp2048"], &["aes128gcm16-prfsha384-ecp384-x25519"]] {
+        let site = TunnelSpec { ike, ..TunnelSpec::site() };
+        let hub = TunnelSpec { ike, ..TunnelSpec::hub() };
+        let mut p = Pair::new(endpoint(1, 1, &[site]), endpoint(2, 2, &[hub]));
+        p.nat = true;
+        p.initiate();
+        p.drive();
+        let h = p.a_events.iter().find_map(|e| match e {
+            Event::IkeSaEstablished(i) => Some(i.handle),
+            _ => None,
+        });
+        p.a.delete_ike_sa(p.now, h.unwrap());
+        p.drive();
+        for (_, t) in &p.sent {
+            std::fs::write(dir.join(format!("pair-{n:03}")), &t.payload).unwrap();
+            n += 1;
+        }
+    }
+}
