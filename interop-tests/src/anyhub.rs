@@ -1,6 +1,6 @@
 //! anyhubd under test: config TOML, starting it in the hub namespace, and
 //! reading its state with `anyhubctl status --json`. The contract lives in
-//! interop-tests/CONTRACT.md (= docs/daemon-contract.md).
+//! docs/daemon-contract.md.
 
 use std::collections::BTreeMap;
 use std::fs;

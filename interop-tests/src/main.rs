@@ -14,7 +14,7 @@
 //! ```
 //!
 //! The anyhubd/anyhubctl contract (config TOML, CLI, status JSON) is in
-//! interop-tests/CONTRACT.md.
+//! docs/daemon-contract.md.
 
 mod anyhub;
 mod cases;
