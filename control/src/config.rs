@@ -1,0 +1,1111 @@
+//! anyhubd's configuration file (docs/daemon-contract.md): TOML in, a fully
+//! validated [`DaemonConfig`] out.
+//!
+//! Nothing is half-applied: [`DaemonConfig::load`] either returns the whole
+//! node's configuration, every string already parsed into the IKE core's
+//! types, or one [`ConfigError`] naming the file, the field and what is
+//! wrong — e.g.
+//! `/etc/anyhub/anyhubd.toml: tunnel[1] (site-b).esp_proposals[0]: unknown
+//! or unsupported algorithm 'aes999' in proposal 'aes999'`.
+//!
+//! The pre-shared keys go into [`Secret`] while the file is deserialised
+//! and the file's text itself is held in a `Secret`, so both are wiped when
+//! dropped. No error ever quotes a line of the file (toml's own error
+//! display does, which could print a key): syntax errors carry toml's
+//! message with our own line and column.
+
+use anyhub_crypto::Secret;
+use anyhub_ike::wire::TrafficSelector;
+use anyhub_ike::{ts, EndpointConfig, Identity, ProposalSpec, TunnelConfig, MAX_NODE_INDEX};
+use serde::{Deserialize, Deserializer};
+use std::collections::HashMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// `[ike] port` when absent.
+pub const DEFAULT_PORT: u16 = 500;
+/// `[ike] natt_port` when absent (RFC 3948 §2.2).
+pub const DEFAULT_NATT_PORT: u16 = 4500;
+/// `[ike] status_socket` when absent; also anyhubctl's default.
+pub const DEFAULT_STATUS_SOCKET: &str = "/run/anyhub/anyhubd.sock";
+/// The port a peer's IKE listens on when `remote_address` names none
+/// (RFC 7296 §2).
+pub const PEER_IKE_PORT: u16 = 500;
+/// `ike_proposals` when absent.
+pub const DEFAULT_IKE_PROPOSALS: &[&str] = &[
+    "aes256gcm16-prfsha256-x25519",
+    "aes128gcm16-prfsha256-ecp256",
+    "aes256-sha256-modp2048",
+];
+/// `esp_proposals` when absent.
+pub const DEFAULT_ESP_PROPOSALS: &[&str] = &["aes256gcm16", "aes128gcm16", "aes256-sha256"];
+/// `ike_lifetime` when absent: 4h.
+pub const DEFAULT_IKE_LIFETIME: Duration = Duration::from_secs(4 * 3600);
+/// `child_lifetime` when absent: 1h.
+pub const DEFAULT_CHILD_LIFETIME: Duration = Duration::from_secs(3600);
+/// Longest lifetime accepted (365 days): far beyond any sane rekey period,
+/// and small enough that `now + lifetime` can never overflow an `Instant`.
+pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
+
+/// The node's validated configuration.
+#[derive(Clone, Debug)]
+pub struct DaemonConfig {
+    pub node_name: String,
+    pub node_index: u16,
+    /// Local addresses; IKE on `port` and NAT-T on `natt_port` of each.
+    pub listen: Vec<IpAddr>,
+    pub port: u16,
+    pub natt_port: u16,
+    pub status_socket: PathBuf,
+    /// What the IKE core is told (node index, tunnels, NAT-T port).
+    pub endpoint: EndpointConfig,
+    /// The tunnels to start at startup (`initiate = true`), in file order.
+    pub initiate: Vec<Initiation>,
+}
+
+/// A tunnel this node initiates: from where to where IKE_SA_INIT goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Initiation {
+    pub tunnel: Arc<str>,
+    /// The first listen address of the peer's family, on `port`.
+    pub local: SocketAddr,
+    /// `remote_address`, on port 500 unless it names one.
+    pub remote: SocketAddr,
+}
+
+/// Why a configuration file was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: {error}", file.display())]
+    Read {
+        file: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}: TOML syntax error at line {line}, column {column}: {message}", file.display())]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    /// `field` is the path to the offending value, e.g.
+    /// `tunnel[1] (site-b).esp_proposals[0]`.
+    #[error("{}: {field}: {message}", file.display())]
+    Invalid {
+        file: PathBuf,
+        field: String,
+        message: String,
+    },
+}
+
+impl ConfigError {
+    /// The field path of an [`ConfigError::Invalid`] error.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            ConfigError::Invalid { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+}
+
+/// A validation failure before the file name is attached.
+struct FieldError {
+    field: String,
+    message: String,
+}
+
+impl FieldError {
+    fn new(field: impl fmt::Display, message: impl fmt::Display) -> FieldError {
+        FieldError {
+            field: field.to_string(),
+            message: message.to_string(),
+        }
+    }
+}
+
+type Result<T, E = FieldError> = std::result::Result<T, E>;
+
+// ------------------------------------------------------------ file syntax
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawNode {
+    index: i64,
+    name: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIke {
+    listen: Vec<String>,
+    port: Option<i64>,
+    natt_port: Option<i64>,
+    status_socket: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTunnel {
+    id: String,
+    local_id: String,
+    remote_id: String,
+    psk: Psk,
+    ike_proposals: Option<Vec<String>>,
+    esp_proposals: Option<Vec<String>>,
+    local_ts: Vec<String>,
+    remote_ts: Vec<String>,
+    /// A string with a unit or bare seconds (string or integer): parsed by
+    /// [`parse_lifetime`] for a better message than serde's.
+    ike_lifetime: Option<toml::Value>,
+    child_lifetime: Option<toml::Value>,
+    remote_address: Option<String>,
+    initiate: Option<bool>,
+}
+
+/// The PSK, moved into a [`Secret`] the moment it is deserialised.
+struct Psk(Secret);
+
+impl<'de> Deserialize<'de> for Psk {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Psk, D::Error> {
+        // An owned toml string is moved, not copied, into the Secret.
+        String::deserialize(d).map(|s| Psk(Secret::new(s.into_bytes())))
+    }
+}
+
+impl DaemonConfig {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<DaemonConfig, ConfigError> {
+        let bytes = std::fs::read(path).map_err(|error| ConfigError::Read {
+            file: path.to_owned(),
+            error,
+        })?;
+        // The text holds the PSKs: keep it in a Secret so it is wiped on drop.
+        let bytes = Secret::new(bytes);
+        let text = std::str::from_utf8(bytes.as_bytes()).map_err(|e| ConfigError::Invalid {
+            file: path.to_owned(),
+            field: "(file)".into(),
+            message: format!("not UTF-8 (invalid byte at offset {})", e.valid_up_to()),
+        })?;
+        DaemonConfig::parse(text, path)
+    }
+
+    /// Validates `text`; `file` only names it in errors.
+    pub fn parse(text: &str, file: &Path) -> Result<DaemonConfig, ConfigError> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let (line, column) = e.span().map_or((1, 1), |s| line_column(text, s.start));
+            ConfigError::Syntax {
+                file: file.to_owned(),
+                line,
+                column,
+                message: e.message().trim_end().replace('\n', "; "),
+            }
+        })?;
+        from_table(table).map_err(|e| ConfigError::Invalid {
+            file: file.to_owned(),
+            field: e.field,
+            message: e.message,
+        })
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let mut offset = offset.min(text.len());
+    while !text.is_char_boundary(offset) {
+        offset -= 1;
+    }
+    let before = &text[..offset];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Deserialises one section, naming the key serde choked on.
+fn section<T: serde::de::DeserializeOwned>(path: &str, value: toml::Value) -> Result<T> {
+    T::deserialize(value).map_err(|e| {
+        // A value-level toml error displays as "{message}\nin `{key}`" (no
+        // source is attached, so no line of the file is quoted).
+        let full = e.to_string();
+        let key = full
+            .strip_prefix(e.message())
+            .and_then(|rest| rest.trim().strip_prefix("in `"))
+            .and_then(|k| k.strip_suffix('`'))
+            .filter(|k| !k.is_empty());
+        match key {
+            // serde's type errors quote the value: never for a key.
+            Some("psk") => FieldError::new(format!("{path}.psk"), "must be a string"),
+            Some(k) => FieldError::new(format!("{path}.{k}"), e.message()),
+            None => FieldError::new(path, e.message()),
+        }
+    })
+}
+
+fn from_table(mut table: toml::Table) -> Result<DaemonConfig> {
+    for key in table.keys() {
+        if !matches!(key.as_str(), "node" | "ike" | "tunnel") {
+            return Err(FieldError::new(
+                key,
+                "unknown section, expected one of [node], [ike], [[tunnel]]",
+            ));
+        }
+    }
+    let node: RawNode = match table.remove("node") {
+        Some(v @ toml::Value::Table(_)) => section("node", v)?,
+        Some(_) => return Err(FieldError::new("node", "must be a table ([node])")),
+        None => return Err(FieldError::new("node", "missing section [node]")),
+    };
+    let ike: RawIke = match table.remove("ike") {
+        Some(v @ toml::Value::Table(_)) => section("ike", v)?,
+        Some(_) => return Err(FieldError::new("ike", "must be a table ([ike])")),
+        None => return Err(FieldError::new("ike", "missing section [ike]")),
+    };
+    let raw_tunnels = match table.remove("tunnel") {
+        Some(toml::Value::Array(a)) => a,
+        Some(_) => {
+            return Err(FieldError::new(
+                "tunnel",
+                "must be an array of tables ([[tunnel]])",
+            ))
+        }
+        None => Vec::new(),
+    };
+
+    let node_index = u16::try_from(node.index)
+        .ok()
+        .filter(|i| (1..=MAX_NODE_INDEX).contains(i))
+        .ok_or_else(|| {
+            FieldError::new(
+                "node.index",
+                format!("must be between 1 and {MAX_NODE_INDEX}, got {}", node.index),
+            )
+        })?;
+    if node.name.trim().is_empty() {
+        return Err(FieldError::new("node.name", "must not be empty"));
+    }
+
+    let listen = parse_listen(&ike.listen)?;
+    let port = parse_port("ike.port", ike.port, DEFAULT_PORT)?;
+    let natt_port = parse_port("ike.natt_port", ike.natt_port, DEFAULT_NATT_PORT)?;
+    if port == natt_port {
+        return Err(FieldError::new(
+            "ike.natt_port",
+            format!("must differ from ike.port ({port})"),
+        ));
+    }
+    let status_socket = ike
+        .status_socket
+        .unwrap_or_else(|| DEFAULT_STATUS_SOCKET.into());
+    if status_socket.as_os_str().is_empty() {
+        return Err(FieldError::new("ike.status_socket", "must not be empty"));
+    }
+
+    let mut tunnels: Vec<Arc<TunnelConfig>> = Vec::with_capacity(raw_tunnels.len());
+    let mut initiate = Vec::new();
+    let mut ids: HashMap<Arc<str>, usize> = HashMap::new();
+    let mut remote_ids: HashMap<Identity, usize> = HashMap::new();
+    for (i, value) in raw_tunnels.into_iter().enumerate() {
+        let path = match value.get("id").and_then(|v| v.as_str()) {
+            Some(id) => format!("tunnel[{i}] ({id})"),
+            None => format!("tunnel[{i}]"),
+        };
+        if !value.is_table() {
+            return Err(FieldError::new(path, "must be a table ([[tunnel]])"));
+        }
+        let raw: RawTunnel = section(&path, value)?;
+        let (tunnel, remote) = tunnel(&path, raw, &listen)?;
+        if let Some(first) = ids.insert(tunnel.id.clone(), i) {
+            return Err(FieldError::new(
+                format!("{path}.id"),
+                format!("duplicate tunnel id '{}' (also tunnel[{first}])", tunnel.id),
+            ));
+        }
+        if let Some(first) = remote_ids.insert(tunnel.remote_id.clone(), i) {
+            return Err(FieldError::new(
+                format!("{path}.remote_id"),
+                format!(
+                    "'{}' is also the remote_id of tunnel[{first}] ({}); the peer's identity selects the tunnel, so it must be unique",
+                    tunnel.remote_id, tunnels[first].id
+                ),
+            ));
+        }
+        if let Some(remote) = remote {
+            let local_ip = listen
+                .iter()
+                .copied()
+                .find(|a| a.is_ipv4() == remote.is_ipv4())
+                .expect("tunnel() checked the family");
+            initiate.push(Initiation {
+                tunnel: tunnel.id.clone(),
+                local: SocketAddr::new(local_ip, port),
+                remote,
+            });
+        }
+        tunnels.push(Arc::new(tunnel));
+    }
+
+    let mut endpoint = EndpointConfig::new(node_index, tunnels);
+    endpoint.natt_port = natt_port;
+    Ok(DaemonConfig {
+        node_name: node.name,
+        node_index,
+        listen,
+        port,
+        natt_port,
+        status_socket,
+        endpoint,
+        initiate,
+    })
+}
+
+fn parse_listen(raw: &[String]) -> Result<Vec<IpAddr>> {
+    if raw.is_empty() {
+        return Err(FieldError::new(
+            "ike.listen",
+            "must name at least one address",
+        ));
+    }
+    let mut out: Vec<IpAddr> = Vec::with_capacity(raw.len());
+    for (i, s) in raw.iter().enumerate() {
+        let field = format!("ike.listen[{i}]");
+        let a: IpAddr = s
+            .trim()
+            .parse()
+            .map_err(|_| FieldError::new(&field, format!("'{s}' is not an IP address")))?;
+        if a.is_unspecified() {
+            // Replies must leave from the address the peer sent to, and NAT
+            // detection hashes our address (RFC 7296 §2.23).
+            return Err(FieldError::new(
+                &field,
+                format!("'{s}' is a wildcard; name each local address"),
+            ));
+        }
+        if out.contains(&a) {
+            return Err(FieldError::new(&field, format!("'{s}' is listed twice")));
+        }
+        out.push(a);
+    }
+    Ok(out)
+}
+
+fn parse_port(field: &str, raw: Option<i64>, default: u16) -> Result<u16> {
+    match raw {
+        None => Ok(default),
+        Some(p) => u16::try_from(p)
+            .ok()
+            .filter(|&p| p != 0)
+            .ok_or_else(|| FieldError::new(field, format!("must be between 1 and 65535, got {p}"))),
+    }
+}
+
+/// One `[[tunnel]]`, and where to initiate it to if `initiate = true`.
+fn tunnel(
+    path: &str,
+    raw: RawTunnel,
+    listen: &[IpAddr],
+) -> Result<(TunnelConfig, Option<SocketAddr>)> {
+    let field = |name: &str| format!("{path}.{name}");
+    let id = raw.id.trim();
+    if id.is_empty() {
+        return Err(FieldError::new(field("id"), "must not be empty"));
+    }
+    let local_id =
+        Identity::parse(&raw.local_id).map_err(|e| FieldError::new(field("local_id"), e))?;
+    let remote_id =
+        Identity::parse(&raw.remote_id).map_err(|e| FieldError::new(field("remote_id"), e))?;
+    if raw.psk.0.is_empty() {
+        return Err(FieldError::new(field("psk"), "must not be empty"));
+    }
+    let ike_proposals = proposals(
+        &field("ike_proposals"),
+        raw.ike_proposals,
+        DEFAULT_IKE_PROPOSALS,
+        ProposalSpec::parse_ike,
+    )?;
+    let esp_proposals = proposals(
+        &field("esp_proposals"),
+        raw.esp_proposals,
+        DEFAULT_ESP_PROPOSALS,
+        ProposalSpec::parse_esp,
+    )?;
+    let local_ts = selectors(&field("local_ts"), &raw.local_ts)?;
+    let remote_ts = selectors(&field("remote_ts"), &raw.remote_ts)?;
+    let ike_lifetime = lifetime(
+        &field("ike_lifetime"),
+        raw.ike_lifetime,
+        DEFAULT_IKE_LIFETIME,
+    )?;
+    let child_lifetime = lifetime(
+        &field("child_lifetime"),
+        raw.child_lifetime,
+        DEFAULT_CHILD_LIFETIME,
+    )?;
+    let remote = raw
+        .remote_address
+        .as_deref()
+        .map(|s| remote_address(s).map_err(|m| FieldError::new(field("remote_address"), m)))
+        .transpose()?;
+    let initiate = raw.initiate.unwrap_or(false);
+    let target = match (initiate, remote) {
+        (false, _) => None,
+        (true, None) => {
+            return Err(FieldError::new(
+                field("remote_address"),
+                "required when initiate = true",
+            ))
+        }
+        (true, Some(r)) => {
+            if !listen.iter().any(|a| a.is_ipv4() == r.is_ipv4()) {
+                let family = if r.is_ipv4() { "IPv4" } else { "IPv6" };
+                return Err(FieldError::new(
+                    field("remote_address"),
+                    format!("is {family} but ike.listen has no {family} address to initiate from"),
+                ));
+            }
+            Some(r)
+        }
+    };
+    let tunnel = TunnelConfig {
+        id: Arc::from(id),
+        local_id,
+        remote_id,
+        psk: raw.psk.0,
+        ike_proposals,
+        esp_proposals,
+        local_ts,
+        remote_ts,
+        ike_lifetime,
+        child_lifetime,
+        remote_address: remote.map(|r| r.ip()),
+        initiate,
+    };
+    Ok((tunnel, target))
+}
+
+fn proposals<E: fmt::Display>(
+    field: &str,
+    raw: Option<Vec<String>>,
+    default: &[&str],
+    parse: impl Fn(&str) -> Result<ProposalSpec, E>,
+) -> Result<Vec<ProposalSpec>> {
+    let Some(raw) = raw else {
+        return Ok(default
+            .iter()
+            .map(|p| {
+                parse(p).unwrap_or_else(|e| panic!("default proposal '{p}' does not parse: {e}"))
+            })
+            .collect());
+    };
+    if raw.is_empty() {
+        return Err(FieldError::new(
+            field,
+            "must not be empty (omit it for the defaults)",
+        ));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, p)| parse(p).map_err(|e| FieldError::new(format!("{field}[{i}]"), e)))
+        .collect()
+}
+
+fn selectors(field: &str, raw: &[String]) -> Result<Vec<TrafficSelector>> {
+    if raw.is_empty() {
+        return Err(FieldError::new(
+            field,
+            "must name at least one traffic selector",
+        ));
+    }
+    raw.iter()
+        .enumerate()
+        .map(|(i, s)| ts::parse(s).map_err(|e| FieldError::new(format!("{field}[{i}]"), e)))
+        .collect()
+}
+
+fn lifetime(field: &str, raw: Option<toml::Value>, default: Duration) -> Result<Duration> {
+    match raw {
+        None => Ok(default),
+        Some(v) => parse_lifetime(&v).map_err(|m| FieldError::new(field, m)),
+    }
+}
+
+/// `"4h"`, `"30m"`, `"90s"`, `"1d"`, or bare seconds (`"3600"` or `3600`);
+/// greater than zero and at most [`MAX_LIFETIME`].
+pub fn parse_lifetime(v: &toml::Value) -> Result<Duration, String> {
+    const EXPECTED: &str =
+        "expected a duration such as \"4h\", \"30m\", \"90s\", \"1d\" or a number of seconds";
+    let secs: u64 = match v {
+        toml::Value::Integer(n) => {
+            u64::try_from(*n).map_err(|_| format!("must be greater than zero, got {n}"))?
+        }
+        toml::Value::String(s) => {
+            let t = s.trim();
+            let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+            let (digits, unit) = t.split_at(split);
+            let scale = match unit.trim() {
+                "" | "s" => 1,
+                "m" => 60,
+                "h" => 3600,
+                "d" => 86_400,
+                _ => return Err(format!("'{s}': {EXPECTED}")),
+            };
+            let n: u64 = digits.parse().map_err(|_| format!("'{s}': {EXPECTED}"))?;
+            // Saturates: anything that large fails the MAX_LIFETIME check below.
+            n.saturating_mul(scale)
+        }
+        other => return Err(format!("{EXPECTED}, got a {}", other.type_str())),
+    };
+    if secs == 0 {
+        return Err("must be greater than zero".into());
+    }
+    let d = Duration::from_secs(secs);
+    if d > MAX_LIFETIME {
+        return Err(format!("must be at most 365d, got {secs}s"));
+    }
+    Ok(d)
+}
+
+/// `198.51.100.2` (port 500), or with a port: `198.51.100.2:4500`,
+/// `[2001:db8::2]:500`.
+fn remote_address(s: &str) -> Result<SocketAddr, String> {
+    let s = s.trim();
+    let addr = match s.parse::<IpAddr>() {
+        Ok(ip) => SocketAddr::new(ip, PEER_IKE_PORT),
+        Err(_) => s.parse::<SocketAddr>().map_err(|_| {
+            format!("'{s}' is not an IP address (optionally with a port: 192.0.2.1:500, [2001:db8::1]:500)")
+        })?,
+    };
+    if addr.port() == 0 {
+        return Err(format!("'{s}': port 0"));
+    }
+    if addr.ip().is_unspecified() || addr.ip().is_multicast() {
+        return Err(format!("'{s}' is not a unicast address"));
+    }
+    Ok(addr)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhub_ike::wire::registry::IdType;
+
+    const FILE: &str = "/etc/anyhub/anyhubd.toml";
+
+    const FULL: &str = r#"
+[node]
+index = 7
+name = "edge1"
+
+[ike]
+listen = ["198.51.100.1", "2001:db8::1"]
+port = 1500
+natt_port = 14500
+status_socket = "/tmp/anyhub-test.sock"
+
+[[tunnel]]
+id = "site-a"
+local_id = "hub.example.net"
+remote_id = "site-a.example.net"
+psk = "correct horse battery staple"
+ike_proposals = ["aes256gcm16-prfsha256-x25519"]
+esp_proposals = ["aes256gcm16", "aes128gcm16-x25519"]
+local_ts = ["10.20.0.0/24"]
+remote_ts = ["10.10.0.0/24", "10.11.0.0/24[tcp/443]"]
+ike_lifetime = "1d"
+child_lifetime = 900
+remote_address = "198.51.100.2"
+initiate = true
+
+[[tunnel]]
+id = "site-b"
+local_id = "@hub.example.net"
+remote_id = "keyid:#0a0b"
+psk = "another secret"
+local_ts = ["10.20.0.0/24"]
+remote_ts = ["2001:db8:b::/48"]
+remote_address = "[2001:db8::2]:4500"
+initiate = true
+
+[[tunnel]]
+id = "site-c"
+local_id = "hub.example.net"
+remote_id = "203.0.113.9"
+psk = "third secret"
+local_ts = ["0.0.0.0/0"]
+remote_ts = ["10.30.0.0/16"]
+ike_lifetime = "30m"
+child_lifetime = "90s"
+"#;
+
+    /// The smallest valid file, with one tunnel.
+    const MINIMAL: &str = r#"
+[node]
+index = 1
+name = "edge1"
+
+[ike]
+listen = ["198.51.100.1"]
+
+[[tunnel]]
+id = "site-a"
+local_id = "hub.example.net"
+remote_id = "site-a.example.net"
+psk = "a long secret"
+local_ts = ["10.20.0.0/24"]
+remote_ts = ["10.10.0.0/24"]
+"#;
+
+    fn ok(text: &str) -> DaemonConfig {
+        DaemonConfig::parse(text, Path::new(FILE)).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The error for `text`, checked to name the file and `field`.
+    fn err(text: &str, field: &str) -> String {
+        let e = DaemonConfig::parse(text, Path::new(FILE)).expect_err("config accepted");
+        let msg = e.to_string();
+        assert!(
+            msg.starts_with(&format!("{FILE}: {field}: ")),
+            "expected field '{field}' in: {msg}"
+        );
+        assert_eq!(e.field(), Some(field));
+        msg
+    }
+
+    /// MINIMAL with `line` added to or replacing the matching line of the
+    /// first tunnel (`key = …`).
+    fn tunnel_with(line: &str) -> String {
+        let key = line.split('=').next().unwrap().trim();
+        let mut replaced = false;
+        let mut out: Vec<String> = MINIMAL
+            .lines()
+            .map(|l| {
+                if l.split('=').next().map(str::trim) == Some(key) && l.contains('=') {
+                    replaced = true;
+                    line.to_string()
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect();
+        if !replaced {
+            out.push(line.to_string());
+        }
+        out.join("\n") + "\n"
+    }
+
+    #[test]
+    fn full_config() {
+        let c = ok(FULL);
+        assert_eq!(c.node_name, "edge1");
+        assert_eq!(c.node_index, 7);
+        assert_eq!(
+            c.listen,
+            [
+                "198.51.100.1".parse::<IpAddr>().unwrap(),
+                "2001:db8::1".parse().unwrap()
+            ]
+        );
+        assert_eq!((c.port, c.natt_port), (1500, 14500));
+        assert_eq!(c.status_socket, Path::new("/tmp/anyhub-test.sock"));
+        assert_eq!(c.endpoint.node_index, 7);
+        assert_eq!(c.endpoint.natt_port, 14500);
+        assert_eq!(c.endpoint.tunnels.len(), 3);
+
+        let a = c.endpoint.tunnel("site-a").unwrap();
+        assert_eq!(a.local_id, Identity::parse("fqdn:hub.example.net").unwrap());
+        assert_eq!(a.remote_id.ty, IdType::FQDN);
+        assert_eq!(a.psk, Secret::from_slice(b"correct horse battery staple"));
+        assert_eq!(
+            a.ike_proposals,
+            [ProposalSpec::parse_ike("aes256gcm16-prfsha256-x25519").unwrap()]
+        );
+        assert_eq!(a.esp_proposals.len(), 2);
+        assert_eq!(
+            a.esp_proposals[1].dh.len(),
+            1,
+            "a group in an ESP proposal is PFS"
+        );
+        assert_eq!(
+            a.remote_ts.iter().map(ts::display).collect::<Vec<_>>(),
+            ["10.10.0.0/24", "10.11.0.0/24[tcp/443]"]
+        );
+        assert_eq!(a.ike_lifetime, Duration::from_secs(86_400));
+        assert_eq!(a.child_lifetime, Duration::from_secs(900));
+        assert_eq!(a.remote_address, Some("198.51.100.2".parse().unwrap()));
+        assert!(a.initiate);
+
+        let b = c.endpoint.tunnel("site-b").unwrap();
+        assert_eq!(
+            b.remote_id,
+            Identity {
+                ty: IdType::KEY_ID,
+                data: vec![10, 11]
+            }
+        );
+        let cc = c.endpoint.tunnel("site-c").unwrap();
+        assert_eq!(cc.remote_id.ty, IdType::IPV4_ADDR);
+        assert_eq!(
+            (cc.ike_lifetime, cc.child_lifetime),
+            (Duration::from_secs(1800), Duration::from_secs(90))
+        );
+        assert!(!cc.initiate);
+
+        // Initiations leave from the first listen address of the peer's
+        // family, on our IKE port; the peer's port is 500 unless named.
+        assert_eq!(
+            c.initiate,
+            [
+                Initiation {
+                    tunnel: "site-a".into(),
+                    local: "198.51.100.1:1500".parse().unwrap(),
+                    remote: "198.51.100.2:500".parse().unwrap(),
+                },
+                Initiation {
+                    tunnel: "site-b".into(),
+                    local: "[2001:db8::1]:1500".parse().unwrap(),
+                    remote: "[2001:db8::2]:4500".parse().unwrap(),
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn defaults() {
+        let c = ok(MINIMAL);
+        assert_eq!((c.port, c.natt_port), (DEFAULT_PORT, DEFAULT_NATT_PORT));
+        assert_eq!(c.endpoint.natt_port, 4500);
+        assert_eq!(c.status_socket, Path::new("/run/anyhub/anyhubd.sock"));
+        assert!(c.initiate.is_empty());
+        let t = &c.endpoint.tunnels[0];
+        let ike: Vec<_> = DEFAULT_IKE_PROPOSALS
+            .iter()
+            .map(|p| ProposalSpec::parse_ike(p).unwrap())
+            .collect();
+        let esp: Vec<_> = DEFAULT_ESP_PROPOSALS
+            .iter()
+            .map(|p| ProposalSpec::parse_esp(p).unwrap())
+            .collect();
+        assert_eq!(t.ike_proposals, ike);
+        assert_eq!(t.esp_proposals, esp);
+        assert_eq!(t.ike_lifetime, Duration::from_secs(4 * 3600));
+        assert_eq!(t.child_lifetime, Duration::from_secs(3600));
+        assert_eq!(t.remote_address, None);
+        assert!(!t.initiate);
+
+        // No tunnel at all is a valid (if idle) node.
+        let idle = MINIMAL.split("[[tunnel]]").next().unwrap();
+        assert!(ok(idle).endpoint.tunnels.is_empty());
+    }
+
+    #[test]
+    fn the_psk_never_shows() {
+        let c = ok(MINIMAL);
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("a long secret"), "{dbg}");
+        // Not even when it is the wrong type, or the line has a typo.
+        let msg = err(&tunnel_with("psk = 987654321"), "tunnel[0] (site-a).psk");
+        assert!(!msg.contains("987654321"), "{msg}");
+        let msg = err(&tunnel_with("pks = \"hunter2\""), "tunnel[0] (site-a)");
+        assert!(
+            msg.contains("unknown field `pks`") && !msg.contains("hunter2"),
+            "{msg}"
+        );
+        let e = DaemonConfig::parse("[node]\nindex = 1\npsk = \"hunter2\" x", Path::new(FILE))
+            .unwrap_err();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+
+    #[test]
+    fn syntax_error_has_line_and_column() {
+        let e =
+            DaemonConfig::parse("[node]\nindex = 1\nname = edge1\n", Path::new(FILE)).unwrap_err();
+        let msg = e.to_string();
+        assert!(
+            matches!(
+                e,
+                ConfigError::Syntax {
+                    line: 3,
+                    column: 8,
+                    ..
+                }
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.starts_with(&format!("{FILE}: TOML syntax error at line 3, column 8: ")),
+            "{msg}"
+        );
+        assert!(!msg.contains('\n'), "one line: {msg}");
+    }
+
+    #[test]
+    fn missing_sections_and_fields() {
+        err("[ike]\nlisten = [\"198.51.100.1\"]\n", "node");
+        err("[node]\nindex = 1\nname = \"x\"\n", "ike");
+        let msg = err(&MINIMAL.replace("name = \"edge1\"", ""), "node");
+        assert!(msg.contains("missing field `name`"), "{msg}");
+        let msg = err(
+            &MINIMAL.replace("psk = \"a long secret\"", ""),
+            "tunnel[0] (site-a)",
+        );
+        assert!(msg.contains("missing field `psk`"), "{msg}");
+        let msg = err(&MINIMAL.replace("id = \"site-a\"", ""), "tunnel[0]");
+        assert!(msg.contains("missing field `id`"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let msg = err(
+            &MINIMAL.replace("name = \"edge1\"", "name = \"edge1\"\nzone = 3"),
+            "node",
+        );
+        assert!(msg.contains("unknown field `zone`"), "{msg}");
+        err(&format!("{MINIMAL}\n[extra]\nx = 1\n"), "extra");
+        let msg = err(&tunnel_with("initiator = true"), "tunnel[0] (site-a)");
+        assert!(msg.contains("unknown field `initiator`"), "{msg}");
+    }
+
+    #[test]
+    fn wrong_types_name_the_key() {
+        let msg = err(
+            &tunnel_with("initiate = \"yes\""),
+            "tunnel[0] (site-a).initiate",
+        );
+        assert!(msg.contains("invalid type"), "{msg}");
+        err(
+            &MINIMAL.replace("listen = [\"198.51.100.1\"]", "listen = \"198.51.100.1\""),
+            "ike.listen",
+        );
+        err(
+            &MINIMAL.replace("[node]\nindex = 1\nname = \"edge1\"", "node = 1"),
+            "node",
+        );
+    }
+
+    #[test]
+    fn node_index_range() {
+        for bad in ["0", "4096", "-1", "70000"] {
+            let msg = err(
+                &MINIMAL.replace("index = 1", &format!("index = {bad}")),
+                "node.index",
+            );
+            assert!(msg.contains("between 1 and 4095"), "{msg}");
+        }
+        assert_eq!(
+            ok(&MINIMAL.replace("index = 1", "index = 4095")).node_index,
+            4095
+        );
+        err(
+            &MINIMAL.replace("name = \"edge1\"", "name = \" \""),
+            "node.name",
+        );
+    }
+
+    #[test]
+    fn listen_and_ports() {
+        err(&MINIMAL.replace("[\"198.51.100.1\"]", "[]"), "ike.listen");
+        let msg = err(
+            &MINIMAL.replace("[\"198.51.100.1\"]", "[\"198.51.100.1\", \"edge1\"]"),
+            "ike.listen[1]",
+        );
+        assert!(msg.contains("'edge1' is not an IP address"), "{msg}");
+        err(
+            &MINIMAL.replace("[\"198.51.100.1\"]", "[\"0.0.0.0\"]"),
+            "ike.listen[0]",
+        );
+        err(
+            &MINIMAL.replace("[\"198.51.100.1\"]", "[\"198.51.100.1\", \"198.51.100.1\"]"),
+            "ike.listen[1]",
+        );
+        let with_ports = |p: &str| MINIMAL.replace("[ike]", &format!("[ike]\n{p}"));
+        err(&with_ports("port = 0"), "ike.port");
+        err(&with_ports("port = 65536"), "ike.port");
+        err(&with_ports("natt_port = 500"), "ike.natt_port");
+        err(&with_ports("status_socket = \"\""), "ike.status_socket");
+    }
+
+    #[test]
+    fn duplicate_tunnel_ids() {
+        let second = MINIMAL
+            .split("[[tunnel]]")
+            .nth(1)
+            .unwrap()
+            .replace("site-a.example.net", "other");
+        let msg = err(
+            &format!("{MINIMAL}[[tunnel]]{second}"),
+            "tunnel[1] (site-a).id",
+        );
+        assert!(
+            msg.contains("duplicate tunnel id 'site-a' (also tunnel[0])"),
+            "{msg}"
+        );
+        err(&tunnel_with("id = \"  \""), "tunnel[0] (  ).id");
+    }
+
+    #[test]
+    fn duplicate_remote_ids() {
+        // Same identity, written differently.
+        let second = MINIMAL
+            .split("[[tunnel]]")
+            .nth(1)
+            .unwrap()
+            .replace("site-a\"", "site-b\"")
+            .replace("\"site-a.example.net\"", "\"fqdn:site-a.example.net\"");
+        let msg = err(
+            &format!("{MINIMAL}[[tunnel]]{second}"),
+            "tunnel[1] (site-b).remote_id",
+        );
+        assert!(
+            msg.contains("also the remote_id of tunnel[0] (site-a)"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn identities() {
+        let msg = err(
+            &tunnel_with("local_id = \"ipv4:300.1.1.1\""),
+            "tunnel[0] (site-a).local_id",
+        );
+        assert!(msg.contains("not an IPv4 address"), "{msg}");
+        err(
+            &tunnel_with("remote_id = \"\""),
+            "tunnel[0] (site-a).remote_id",
+        );
+    }
+
+    #[test]
+    fn empty_psk() {
+        err(&tunnel_with("psk = \"\""), "tunnel[0] (site-a).psk");
+    }
+
+    #[test]
+    fn proposals_are_checked() {
+        // The example of the brief, on the second tunnel.
+        let second = MINIMAL
+            .split("[[tunnel]]")
+            .nth(1)
+            .unwrap()
+            .replace("site-a", "site-b")
+            .replace("psk =", "esp_proposals = [\"aes999\"]\npsk =");
+        let text = format!("{MINIMAL}[[tunnel]]{second}");
+        let e = DaemonConfig::parse(&text, Path::new(FILE)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/anyhub/anyhubd.toml: tunnel[1] (site-b).esp_proposals[0]: unknown or unsupported algorithm 'aes999' in proposal 'aes999'"
+        );
+        err(
+            &tunnel_with("ike_proposals = [\"aes256gcm16-prfsha256-x25519\", \"aes256gcm16\"]"),
+            "tunnel[0] (site-a).ike_proposals[1]",
+        );
+        err(
+            &tunnel_with("ike_proposals = []"),
+            "tunnel[0] (site-a).ike_proposals",
+        );
+        err(
+            &tunnel_with("esp_proposals = [\"aes256gcm16-prfsha256\"]"),
+            "tunnel[0] (site-a).esp_proposals[0]",
+        );
+    }
+
+    #[test]
+    fn traffic_selectors() {
+        err(&tunnel_with("local_ts = []"), "tunnel[0] (site-a).local_ts");
+        let msg = err(
+            &tunnel_with("remote_ts = [\"10.10.0.0/24\", \"10.0.0.1/8\"]"),
+            "tunnel[0] (site-a).remote_ts[1]",
+        );
+        assert!(msg.contains("host bits"), "{msg}");
+    }
+
+    #[test]
+    fn lifetimes() {
+        let life = |v: &str| {
+            ok(&tunnel_with(&format!("ike_lifetime = {v}")))
+                .endpoint
+                .tunnels[0]
+                .ike_lifetime
+        };
+        assert_eq!(life("\"4h\""), Duration::from_secs(14_400));
+        assert_eq!(life("\"30m\""), Duration::from_secs(1800));
+        assert_eq!(life("\"90s\""), Duration::from_secs(90));
+        assert_eq!(life("\"1d\""), Duration::from_secs(86_400));
+        assert_eq!(life("\"3600\""), Duration::from_secs(3600));
+        assert_eq!(life("7200"), Duration::from_secs(7200));
+        for bad in [
+            "\"0s\"",
+            "0",
+            "-5",
+            "\"4x\"",
+            "\"h\"",
+            "\"1.5h\"",
+            "true",
+            "\"400d\"",
+            "\"99999999999999999999d\"",
+        ] {
+            err(
+                &tunnel_with(&format!("ike_lifetime = {bad}")),
+                "tunnel[0] (site-a).ike_lifetime",
+            );
+        }
+        let msg = err(
+            &tunnel_with("child_lifetime = \"soon\""),
+            "tunnel[0] (site-a).child_lifetime",
+        );
+        assert!(msg.contains("'soon'"), "{msg}");
+    }
+
+    #[test]
+    fn initiation_needs_a_remote_address() {
+        let msg = err(
+            &tunnel_with("initiate = true"),
+            "tunnel[0] (site-a).remote_address",
+        );
+        assert!(msg.contains("required when initiate = true"), "{msg}");
+        let msg = err(
+            &tunnel_with("remote_address = \"2001:db8::2\"\ninitiate = true"),
+            "tunnel[0] (site-a).remote_address",
+        );
+        assert!(msg.contains("no IPv6 address"), "{msg}");
+        err(
+            &tunnel_with("remote_address = \"peer.example.net\""),
+            "tunnel[0] (site-a).remote_address",
+        );
+        err(
+            &tunnel_with("remote_address = \"192.0.2.1:0\""),
+            "tunnel[0] (site-a).remote_address",
+        );
+        // A remote address without initiate is fine (documentation only).
+        let c = ok(&tunnel_with("remote_address = \"192.0.2.1\""));
+        assert!(c.initiate.is_empty());
+        assert_eq!(
+            c.endpoint.tunnels[0].remote_address,
+            Some("192.0.2.1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn the_documented_example_is_valid() {
+        let c = ok(include_str!("../examples/anyhubd.toml"));
+        assert_eq!(c.endpoint.tunnels.len(), 2);
+        assert_eq!(c.initiate.len(), 1);
+    }
+
+    #[test]
+    fn unreadable_file() {
+        let e = DaemonConfig::load(Path::new("/nonexistent/anyhubd.toml")).unwrap_err();
+        assert!(
+            e.to_string().starts_with("/nonexistent/anyhubd.toml: "),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn line_column_counts_characters() {
+        assert_eq!(line_column("ab\ncdé\nx", 0), (1, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 3), (2, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 8), (3, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 7), (2, 4));
+    }
+}

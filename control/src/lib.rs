@@ -1,0 +1,15 @@
+//! anyhub's control plane: the node daemon `anyhubd` and the operator CLI
+//! `anyhubctl` (docs/daemon-contract.md).
+//!
+//! - [`config`]: the TOML file → a validated [`config::DaemonConfig`].
+//! - [`node`]: the driver around the sans-IO IKE [`anyhub_ike::Endpoint`]:
+//!   UDP sockets, the timer, signals, the status socket.
+//! - [`status`]: the status JSON, shared by the daemon and anyhubctl.
+
+#![deny(unsafe_code)]
+
+pub mod config;
+pub mod node;
+pub mod status;
+
+pub use config::{ConfigError, DaemonConfig};

@@ -1,0 +1,531 @@
+//! The node driver: sockets, the one timer, signals and the status socket
+//! around the sans-IO [`Endpoint`]. All protocol logic is in the endpoint;
+//! this file only moves bytes and events (quinn's `ConnectionDriver`).
+//!
+//! One current-thread tokio loop, one `select!` over:
+//! - a datagram on any UDP socket (IKE on `port`, NAT-T on `natt_port` of
+//!   every listen address),
+//! - the endpoint's next timeout,
+//! - a status request (clients are served by small tasks that ask the loop
+//!   for a snapshot over a channel),
+//! - SIGTERM / SIGINT.
+//!
+//! After every input the loop drains [`Endpoint::poll_transmit`] and
+//! [`Endpoint::poll_event`]; events go to the [`SaTable`] and the log.
+
+use crate::config::{DaemonConfig, Initiation};
+use crate::status::{
+    error_json, CounterStatus, DriverCounters, NodeStatus, Status, MAX_REQUEST_LEN, STATUS_REQUEST,
+};
+use anyhub_dataplane::SaTable;
+use anyhub_ike::{ts, Endpoint, Event, Transmit};
+use std::future::poll_fn;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::task::Poll;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UdpSocket, UnixListener, UnixStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::{mpsc, oneshot};
+
+/// Large enough for any UDP datagram.
+const RECV_BUF_LEN: usize = 65_535;
+/// RFC 3948 §2.2: on the NAT-T port, four zero octets in front of an IKE
+/// message tell it apart from ESP (whose SPI is never zero).
+const NON_ESP_MARKER: [u8; 4] = [0; 4];
+/// RFC 3948 §2.3: a NAT-keepalive is one octet, 0xff.
+const NAT_KEEPALIVE: u8 = 0xff;
+/// A status client gets this long to send its request and read the answer.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the node could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot start the runtime: {0}")]
+    Runtime(io::Error),
+    #[error("cannot bind UDP {addr}: {error}")]
+    Bind { addr: SocketAddr, error: io::Error },
+    #[error("status socket {}: {message}", path.display())]
+    StatusSocket { path: PathBuf, message: String },
+    #[error("cannot install the {signal} handler: {error}")]
+    Signal {
+        signal: &'static str,
+        error: io::Error,
+    },
+}
+
+/// Runs the node until SIGTERM/SIGINT, on a current-thread runtime.
+pub fn run(config: DaemonConfig) -> Result<(), NodeError> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(NodeError::Runtime)?;
+    runtime.block_on(drive_node(config))
+}
+
+/// One UDP socket of the node.
+struct Socket {
+    socket: UdpSocket,
+    local: SocketAddr,
+    /// Bound to the NAT-T port: datagrams carry a marker or are ESP.
+    natt: bool,
+}
+
+/// A status client's request, answered by the loop with the JSON to send.
+type StatusRequest = oneshot::Sender<String>;
+
+/// Everything the loop owns besides the receive buffer.
+struct Node {
+    name: String,
+    index: u16,
+    endpoint: Endpoint,
+    sadb: SaTable,
+    sockets: Vec<Socket>,
+    counters: DriverCounters,
+    /// Reused for NAT-T sends (marker + payload).
+    send_buf: Vec<u8>,
+}
+
+async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
+    let mut sockets = Vec::with_capacity(config.listen.len() * 2);
+    for &ip in &config.listen {
+        for (port, natt) in [(config.port, false), (config.natt_port, true)] {
+            let addr = SocketAddr::new(ip, port);
+            let socket = UdpSocket::bind(addr)
+                .await
+                .map_err(|error| NodeError::Bind { addr, error })?;
+            let local = socket
+                .local_addr()
+                .map_err(|error| NodeError::Bind { addr, error })?;
+            sockets.push(Socket {
+                socket,
+                local,
+                natt,
+            });
+        }
+    }
+    let signal_err = |signal| move |error| NodeError::Signal { signal, error };
+    let mut sigterm = signal(SignalKind::terminate()).map_err(signal_err("SIGTERM"))?;
+    let mut sigint = signal(SignalKind::interrupt()).map_err(signal_err("SIGINT"))?;
+    let status = StatusSocket::bind(&config.status_socket)?;
+
+    let rng = Box::new(anyhub_crypto::SystemRng);
+    let mut node = Node {
+        name: config.node_name,
+        index: config.node_index,
+        endpoint: Endpoint::new(config.endpoint, rng),
+        sadb: SaTable::new(),
+        sockets,
+        counters: DriverCounters::default(),
+        send_buf: Vec::with_capacity(RECV_BUF_LEN),
+    };
+    tracing::info!(
+        node = %node.name,
+        index = node.index,
+        listen = ?node.sockets.iter().map(|s| s.local).collect::<Vec<_>>(),
+        tunnels = node.endpoint.config().tunnels.len(),
+        status_socket = %status.path.display(),
+        "anyhubd started"
+    );
+    node.initiate(&config.initiate).await;
+
+    let (request_tx, mut request_rx) = mpsc::channel::<StatusRequest>(16);
+    let mut buf = vec![0u8; RECV_BUF_LEN];
+    // Which socket to poll first: rotated so a busy socket cannot starve
+    // the others.
+    let mut first = 0;
+    loop {
+        let deadline = node.endpoint.poll_timeout();
+        // Only awaited when there is a deadline (the `if` below).
+        let wake = tokio::time::Instant::from_std(deadline.unwrap_or_else(Instant::now));
+        tokio::select! {
+            (i, res) = recv_any(&node.sockets, &mut buf, first) => {
+                first = i + 1;
+                match res {
+                    Ok((len, from)) => node.handle_datagram(i, from, &buf[..len]),
+                    // Linux reports ICMP errors on UDP sockets this way; the
+                    // endpoint's retransmission timers cover the loss.
+                    Err(e) => tracing::debug!(local = %node.sockets[i].local, error = %e, "UDP receive failed"),
+                }
+            }
+            () = tokio::time::sleep_until(wake), if deadline.is_some() => {
+                node.endpoint.handle_timeout(Instant::now());
+            }
+            accepted = status.listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    tokio::spawn(serve_status_client(stream, request_tx.clone()));
+                }
+                Err(e) => tracing::warn!(error = %e, "status socket accept failed"),
+            },
+            Some(reply) = request_rx.recv() => {
+                // The client may have given up meanwhile: nothing to do then.
+                let _ = reply.send(node.status(Instant::now()).to_json());
+            }
+            _ = sigterm.recv() => {
+                tracing::info!("SIGTERM: shutting down");
+                break;
+            }
+            _ = sigint.recv() => {
+                tracing::info!("SIGINT: shutting down");
+                break;
+            }
+        }
+        node.drive_output().await;
+    }
+    drop(status);
+    Ok(())
+}
+
+/// Receives one datagram from whichever socket has one, into `buf`:
+/// (socket index, (length, sender)). Polls every socket, starting at
+/// `first`, so all of them have a waker registered.
+async fn recv_any(
+    sockets: &[Socket],
+    buf: &mut [u8],
+    first: usize,
+) -> (usize, io::Result<(usize, SocketAddr)>) {
+    let n = sockets.len();
+    poll_fn(|cx| {
+        for k in 0..n {
+            let i = (first + k) % n;
+            let mut rb = tokio::io::ReadBuf::new(buf);
+            match sockets[i].socket.poll_recv_from(cx, &mut rb) {
+                Poll::Ready(Ok(from)) => return Poll::Ready((i, Ok((rb.filled().len(), from)))),
+                Poll::Ready(Err(e)) => return Poll::Ready((i, Err(e))),
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    })
+    .await
+}
+
+/// What arrived on a NAT-T socket (RFC 3948 §2.2, §2.3).
+#[derive(Debug, PartialEq, Eq)]
+enum NattDatagram<'a> {
+    Keepalive,
+    /// An IKE message, marker removed.
+    Ike(&'a [u8]),
+    Esp,
+}
+
+fn classify_natt(data: &[u8]) -> NattDatagram<'_> {
+    match data {
+        [NAT_KEEPALIVE] => NattDatagram::Keepalive,
+        [m0, m1, m2, m3, ike @ ..] if [*m0, *m1, *m2, *m3] == NON_ESP_MARKER => {
+            NattDatagram::Ike(ike)
+        }
+        _ => NattDatagram::Esp,
+    }
+}
+
+impl Node {
+    /// Starts the tunnels marked `initiate = true`.
+    async fn initiate(&mut self, initiations: &[Initiation]) {
+        let now = Instant::now();
+        for i in initiations {
+            match self.endpoint.initiate(now, &i.tunnel, i.local, i.remote) {
+                Ok(handle) => tracing::info!(
+                    tunnel = %i.tunnel, local = %i.local, remote = %i.remote, handle = handle.0,
+                    "initiating"
+                ),
+                Err(e) => tracing::error!(tunnel = %i.tunnel, error = %e, "cannot initiate"),
+            }
+        }
+        self.drive_output().await;
+    }
+
+    fn handle_datagram(&mut self, socket: usize, from: SocketAddr, data: &[u8]) {
+        let s = &self.sockets[socket];
+        let local = s.local;
+        let ike = if s.natt {
+            match classify_natt(data) {
+                NattDatagram::Keepalive => return,
+                NattDatagram::Esp => {
+                    // No dataplane yet: counted and dropped.
+                    self.counters.rx_esp += 1;
+                    return;
+                }
+                NattDatagram::Ike(ike) => ike,
+            }
+        } else {
+            data
+        };
+        self.endpoint.handle(Instant::now(), local, from, ike);
+    }
+
+    /// Sends everything the endpoint queued and applies its events.
+    async fn drive_output(&mut self) {
+        while let Some(t) = self.endpoint.poll_transmit() {
+            self.send(&t).await;
+        }
+        while let Some(event) = self.endpoint.poll_event() {
+            log_event(&event);
+            self.sadb.handle_event(Instant::now(), event);
+        }
+    }
+
+    async fn send(&mut self, t: &Transmit) {
+        let Some(s) = self.sockets.iter().find(|s| s.local == t.local) else {
+            self.counters.tx_unroutable += 1;
+            tracing::warn!(local = %t.local, remote = %t.remote, "no socket for a transmit's local address; dropped");
+            return;
+        };
+        let datagram = if t.natt {
+            self.send_buf.clear();
+            self.send_buf.extend_from_slice(&NON_ESP_MARKER);
+            self.send_buf.extend_from_slice(&t.payload);
+            &self.send_buf[..]
+        } else {
+            &t.payload[..]
+        };
+        // Awaited, not `try_send_to`: a freshly bound tokio socket reports
+        // WouldBlock until the reactor has seen it writable, which would drop
+        // the first IKE_SA_INIT. A UDP send waits at most for socket buffer
+        // space; a failure is packet loss, which retransmissions cover.
+        if let Err(e) = s.socket.send_to(datagram, t.remote).await {
+            self.counters.tx_errors += 1;
+            tracing::warn!(local = %t.local, remote = %t.remote, error = %e, "send failed");
+        }
+    }
+
+    fn status(&self, now: Instant) -> Status {
+        Status::snapshot(
+            NodeStatus {
+                index: self.index,
+                name: self.name.clone(),
+            },
+            now,
+            &self.endpoint.ike_sas(),
+            &self.sadb.list(),
+            CounterStatus::new(self.endpoint.counters(), &self.counters),
+        )
+    }
+}
+
+/// One line per event, at info: tunnel, SPIs, algorithms. Never keys (the
+/// `ChildSa` is not printed as a whole, and its `Debug` is redacted anyway).
+fn log_event(event: &Event) {
+    let tunnel = |t: &Option<std::sync::Arc<str>>| t.as_deref().unwrap_or("-").to_owned();
+    match event {
+        Event::IkeSaEstablished(info) => tracing::info!(
+            tunnel = %tunnel(&info.tunnel),
+            spi_i = %format_args!("{:016x}", info.spi_i),
+            spi_r = %format_args!("{:016x}", info.spi_r),
+            initiator = info.initiator,
+            local = %info.local,
+            remote = %info.remote,
+            remote_id = %info.remote_id.as_ref().map(ToString::to_string).unwrap_or_default(),
+            proposal = info.proposal.as_deref().unwrap_or("-"),
+            "IKE SA established"
+        ),
+        Event::IkeSaDeleted { info, reason } => tracing::info!(
+            tunnel = %tunnel(&info.tunnel),
+            spi_i = %format_args!("{:016x}", info.spi_i),
+            spi_r = %format_args!("{:016x}", info.spi_r),
+            remote = %info.remote,
+            ?reason,
+            "IKE SA deleted"
+        ),
+        Event::IkeSaFailed { info, reason } => tracing::info!(
+            tunnel = %tunnel(&info.tunnel),
+            spi_i = %format_args!("{:016x}", info.spi_i),
+            spi_r = %format_args!("{:016x}", info.spi_r),
+            remote = %info.remote,
+            ?reason,
+            "IKE SA failed"
+        ),
+        Event::ChildSaEstablished(c) => tracing::info!(
+            tunnel = %c.tunnel,
+            spi_in = %format_args!("{:08x}", c.spi_in),
+            spi_out = %format_args!("{:08x}", c.spi_out),
+            proposal = %c.proposal,
+            local_ts = %c.local_ts.iter().map(ts::display).collect::<Vec<_>>().join(","),
+            remote_ts = %c.remote_ts.iter().map(ts::display).collect::<Vec<_>>().join(","),
+            encap = c.encap,
+            "child SA established"
+        ),
+        Event::ChildSaDeleted {
+            tunnel,
+            spi_in,
+            spi_out,
+            ..
+        } => tracing::info!(
+            tunnel = %tunnel,
+            spi_in = %format_args!("{spi_in:08x}"),
+            spi_out = %format_args!("{spi_out:08x}"),
+            "child SA deleted"
+        ),
+        Event::ChildSaFailed { tunnel, reason, .. } => tracing::info!(
+            tunnel = %tunnel,
+            ?reason,
+            "child SA failed"
+        ),
+    }
+}
+
+/// The status socket; removes its file when dropped.
+#[derive(Debug)]
+struct StatusSocket {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl StatusSocket {
+    /// Binds `path` (mode 0600), creating its directory (0700) if needed and
+    /// replacing a stale socket file — but not a live one (another anyhubd)
+    /// nor anything that is not a socket.
+    fn bind(path: &Path) -> Result<StatusSocket, NodeError> {
+        let err = |message: String| NodeError::StatusSocket {
+            path: path.to_owned(),
+            message,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|e| err(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(err("another anyhubd is listening on it".into()));
+                }
+                std::fs::remove_file(path)
+                    .map_err(|e| err(format!("cannot remove the stale socket: {e}")))?;
+                tracing::info!(path = %path.display(), "removed a stale status socket");
+            }
+            Ok(_) => return Err(err("exists and is not a socket".into())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e.to_string())),
+        }
+        let listener = UnixListener::bind(path).map_err(|e| err(format!("cannot bind: {e}")))?;
+        let socket = StatusSocket {
+            listener,
+            path: path.to_owned(),
+        };
+        // From here on the file is removed on every exit path (Drop).
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| err(format!("cannot chmod 0600: {e}")))?;
+        Ok(socket)
+    }
+}
+
+impl Drop for StatusSocket {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove the status socket");
+        }
+    }
+}
+
+/// Reads one request line, asks the loop for the answer, writes it, closes.
+async fn serve_status_client(stream: UnixStream, requests: mpsc::Sender<StatusRequest>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read.take(MAX_REQUEST_LEN));
+    match tokio::time::timeout(CLIENT_TIMEOUT, reader.read_line(&mut line)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "status client: read failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!("status client: no request in time");
+            return;
+        }
+    }
+    let answer = match line.trim() {
+        STATUS_REQUEST => {
+            let (tx, rx) = oneshot::channel();
+            if requests.send(tx).await.is_err() {
+                return;
+            }
+            match rx.await {
+                Ok(json) => json,
+                Err(_) => return,
+            }
+        }
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            error_json(&format!(
+                "unknown request '{shown}' (expected '{STATUS_REQUEST}')"
+            ))
+        }
+    };
+    let written = tokio::time::timeout(CLIENT_TIMEOUT, async {
+        write.write_all(answer.as_bytes()).await?;
+        write.write_all(b"\n").await?;
+        write.shutdown().await
+    })
+    .await;
+    if !matches!(written, Ok(Ok(()))) {
+        tracing::debug!("status client: write failed or timed out");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn natt_demultiplexing() {
+        assert_eq!(classify_natt(&[0xff]), NattDatagram::Keepalive);
+        let ike = [0, 0, 0, 0, 0x01, 0x02, 0x03];
+        assert_eq!(classify_natt(&ike), NattDatagram::Ike(&[1, 2, 3]));
+        assert_eq!(classify_natt(&[0, 0, 0, 0]), NattDatagram::Ike(&[]));
+        // ESP: a non-zero SPI first.
+        assert_eq!(
+            classify_natt(&[0xc0, 0x01, 0x23, 0x45, 0, 0, 0, 1]),
+            NattDatagram::Esp
+        );
+        assert_eq!(classify_natt(&[0, 0, 0, 1, 0]), NattDatagram::Esp);
+        assert_eq!(classify_natt(&[0xfe]), NattDatagram::Esp);
+        assert_eq!(classify_natt(&[]), NattDatagram::Esp);
+    }
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("anyhub-node-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn status_socket_lifecycle() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let dir = temp_dir("lifecycle");
+            let path = dir.join("sub/anyhubd.sock");
+            let s = StatusSocket::bind(&path).unwrap();
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600);
+            // A live socket is not stolen.
+            assert!(StatusSocket::bind(&path)
+                .unwrap_err()
+                .to_string()
+                .contains("another anyhubd"));
+            // A stale one (nobody listening) is replaced.
+            let listener = std::os::unix::net::UnixListener::bind(dir.join("stale.sock")).unwrap();
+            drop(listener);
+            let stale = StatusSocket::bind(&dir.join("stale.sock")).unwrap();
+            drop(stale);
+            assert!(!dir.join("stale.sock").exists());
+            // A regular file is left alone.
+            std::fs::write(dir.join("file"), b"x").unwrap();
+            assert!(StatusSocket::bind(&dir.join("file"))
+                .unwrap_err()
+                .to_string()
+                .contains("not a socket"));
+            drop(s);
+            assert!(!path.exists(), "removed on drop");
+            std::fs::remove_dir_all(&dir).unwrap();
+        });
+    }
+}

@@ -1,0 +1,11 @@
+//! anyhub's dataplane.
+//!
+//! For now only [`sadb`]: the child SAs the IKE endpoint established, kept
+//! in memory for status. Userspace ESP/GRE over TUN lands here next, behind
+//! the same table.
+
+#![deny(unsafe_code)]
+
+pub mod sadb;
+
+pub use sadb::{Change, SaSummary, SaTable};
