@@ -83,6 +83,20 @@ pub struct CounterStatus {
     pub no_proposal_chosen: u64,
     pub ike_sa_established: u64,
     pub child_sa_established: u64,
+    /// SK payloads whose integrity check failed.
+    #[serde(default)]
+    pub rx_decrypt_failed: u64,
+    /// Retransmitted requests answered from the response cache.
+    #[serde(default)]
+    pub rx_retransmits: u64,
+    /// Our requests sent again for want of an answer.
+    #[serde(default)]
+    pub tx_retransmits: u64,
+    #[serde(default)]
+    pub invalid_ke_sent: u64,
+    /// IKE_SA_INIT dropped because the half-open table was full.
+    #[serde(default)]
+    pub half_open_refused: u64,
     /// ESP received on the NAT-T port and dropped (no dataplane yet).
     #[serde(default)]
     pub rx_esp: u64,
@@ -112,6 +126,11 @@ impl CounterStatus {
             no_proposal_chosen: ike.no_proposal_chosen,
             ike_sa_established: ike.ike_sa_established,
             child_sa_established: ike.child_sa_established,
+            rx_decrypt_failed: ike.rx_decrypt_failed,
+            rx_retransmits: ike.rx_retransmits,
+            tx_retransmits: ike.tx_retransmits,
+            invalid_ke_sent: ike.invalid_ke_sent,
+            half_open_refused: ike.half_open_refused,
             rx_esp: driver.rx_esp,
             tx_unroutable: driver.tx_unroutable,
             tx_errors: driver.tx_errors,
@@ -121,7 +140,7 @@ impl CounterStatus {
 
 impl CounterStatus {
     /// Every counter with its JSON name, in document order.
-    pub fn pairs(&self) -> [(&'static str, u64); 10] {
+    pub fn pairs(&self) -> [(&'static str, u64); 15] {
         [
             ("rx_datagrams", self.rx_datagrams),
             ("rx_malformed", self.rx_malformed),
@@ -130,6 +149,11 @@ impl CounterStatus {
             ("no_proposal_chosen", self.no_proposal_chosen),
             ("ike_sa_established", self.ike_sa_established),
             ("child_sa_established", self.child_sa_established),
+            ("rx_decrypt_failed", self.rx_decrypt_failed),
+            ("rx_retransmits", self.rx_retransmits),
+            ("tx_retransmits", self.tx_retransmits),
+            ("invalid_ke_sent", self.invalid_ke_sent),
+            ("half_open_refused", self.half_open_refused),
             ("rx_esp", self.rx_esp),
             ("tx_unroutable", self.tx_unroutable),
             ("tx_errors", self.tx_errors),

@@ -13,6 +13,9 @@
 //!
 //! Roles: "initiator" always means the *original* initiator of an IKE SA
 //! (the I flag, RFC 7296 §3.1); requests and responses flow both ways.
+//!
+//! Logging: the core logs at debug; what an operator needs at info leaves
+//! as an event, and the driver logs it once.
 
 use crate::config::{EndpointConfig, TunnelConfig};
 use crate::event::{
@@ -515,7 +518,7 @@ impl Endpoint {
                 } else {
                     SaEndReason::HalfOpenExpired
                 };
-                tracing::info!(handle = handle.0, ?reason, "IKE SA did not come up in time");
+                tracing::debug!(handle = handle.0, ?reason, "IKE SA did not come up in time");
                 self.events.push_back(Event::IkeSaFailed {
                     info: sa.info(),
                     reason,
@@ -527,7 +530,7 @@ impl Endpoint {
                 if o.next_at <= now {
                     let r = self.config.retransmit;
                     if o.tries >= r.tries {
-                        tracing::info!(handle = handle.0, "peer did not answer; IKE SA given up");
+                        tracing::debug!(handle = handle.0, "peer did not answer; IKE SA given up");
                         let reason = SaEndReason::Timeout;
                         let ev = if matches!(sa.phase, Phase::Established | Phase::Deleting) {
                             self.child_deleted_events(&sa);
@@ -698,10 +701,14 @@ impl Endpoint {
         let sk = SkCrypto::new(&keys).ok_or(Refusal::NoProposalChosen)?;
 
         // §2.23: the hashes in the request cover SPIi and a zero SPIr.
-        let nat_remote =
-            !nat_src.is_empty() && !nat_src.iter().any(|d| d[..] == nat_hash(spi_i, 0, remote));
-        let nat_local =
-            !nat_dst.is_empty() && !nat_dst.iter().any(|d| d[..] == nat_hash(spi_i, 0, local));
+        let nat_remote = !nat_src.is_empty()
+            && !nat_src
+                .iter()
+                .any(|d| d[..] == nat_detection_hash(spi_i, 0, remote));
+        let nat_local = !nat_dst.is_empty()
+            && !nat_dst
+                .iter()
+                .any(|d| d[..] == nat_detection_hash(spi_i, 0, local));
         let peer_natd = !nat_src.is_empty() || !nat_dst.is_empty();
 
         let handle = self.new_handle();
@@ -747,11 +754,11 @@ impl Endpoint {
         if peer_natd {
             payloads.push(Payload::Notify(notify(
                 NotifyType::NAT_DETECTION_SOURCE_IP,
-                nat_hash(spi_i, spi_r, local).to_vec(),
+                nat_detection_hash(spi_i, spi_r, local).to_vec(),
             )));
             payloads.push(Payload::Notify(notify(
                 NotifyType::NAT_DETECTION_DESTINATION_IP,
-                nat_hash(spi_i, spi_r, remote).to_vec(),
+                nat_detection_hash(spi_i, spi_r, remote).to_vec(),
             )));
         }
         let out = Message {
@@ -881,7 +888,7 @@ impl Endpoint {
                     Refusal::NoProposalChosen => self.counters.no_proposal_chosen += 1,
                     _ => {}
                 }
-                tracing::info!(remote = %sa.remote, tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), ?refusal, "IKE_AUTH refused");
+                tracing::debug!(remote = %sa.remote, tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), ?refusal, "IKE_AUTH refused");
                 self.respond(
                     sa,
                     ExchangeType::IKE_AUTH,
@@ -977,7 +984,7 @@ impl Endpoint {
         // whatever entry points at us in case the peer floated.
         self.half_open.retain(|_, h| *h != sa.handle);
         self.counters.ike_sa_established += 1;
-        tracing::info!(tunnel = %tunnel.id, remote = %sa.remote, id = %Identity::from_wire(idi), proposal = ?sa.proposal.as_ref().map(|p| p.to_string()), "IKE SA established (responder)");
+        tracing::debug!(tunnel = %tunnel.id, remote = %sa.remote, id = %Identity::from_wire(idi), proposal = ?sa.proposal.as_ref().map(|p| p.to_string()), "IKE SA established (responder)");
         if initial_contact {
             self.replace_on_initial_contact(sa);
         }
@@ -990,7 +997,7 @@ impl Endpoint {
                 self.child_established(sa, child);
             }
             Err(refusal) => {
-                tracing::info!(tunnel = %tunnel.id, ?refusal, "first child SA refused");
+                tracing::debug!(tunnel = %tunnel.id, ?refusal, "first child SA refused");
                 self.events.push_back(Event::ChildSaFailed {
                     tunnel: tunnel.id.clone(),
                     ike: sa.handle,
@@ -1106,7 +1113,7 @@ impl Endpoint {
             // §1.4.1: answer with an empty INFORMATIONAL, then forget.
             self.respond(sa, ExchangeType::INFORMATIONAL, id, vec![]);
             self.child_deleted_events(sa);
-            tracing::info!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), remote = %sa.remote, "IKE SA deleted by peer");
+            tracing::debug!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), remote = %sa.remote, "IKE SA deleted by peer");
             self.events.push_back(Event::IkeSaDeleted {
                 info: sa.info(),
                 reason: SaEndReason::DeletedByPeer,
@@ -1156,7 +1163,7 @@ impl Endpoint {
                     return true;
                 }
                 self.child_deleted_events(sa);
-                tracing::info!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), "IKE SA deleted");
+                tracing::debug!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), "IKE SA deleted");
                 self.events.push_back(Event::IkeSaDeleted {
                     info: sa.info(),
                     reason: SaEndReason::DeletedLocally,
@@ -1207,7 +1214,7 @@ impl Endpoint {
                     });
                     match ours {
                         Some(g) if retries < MAX_INVALID_KE_RETRIES => {
-                            tracing::info!(tunnel = %tunnel.id, group = ?g, "peer asked for another key exchange group");
+                            tracing::debug!(tunnel = %tunnel.id, group = ?g, "peer asked for another key exchange group");
                             let dh = DhState::generate(g, &mut *self.rng).expect("checked");
                             sa.phase = Phase::InitiatorInitSent {
                                 dh,
@@ -1300,11 +1307,11 @@ impl Endpoint {
         sa.nat_remote = !nat_src.is_empty()
             && !nat_src
                 .iter()
-                .any(|d| d[..] == nat_hash(sa.spi_i, sa.spi_r, sa.remote));
+                .any(|d| d[..] == nat_detection_hash(sa.spi_i, sa.spi_r, sa.remote));
         sa.nat_local = !nat_dst.is_empty()
             && !nat_dst
                 .iter()
-                .any(|d| d[..] == nat_hash(sa.spi_i, sa.spi_r, sa.local));
+                .any(|d| d[..] == nat_detection_hash(sa.spi_i, sa.spi_r, sa.local));
         if (sa.nat_local || sa.nat_remote) && sa.local.port() != self.config.natt_port {
             // Float to the NAT-T ports for IKE_AUTH on (§2.23, RFC 3948).
             sa.local.set_port(self.config.natt_port);
@@ -1394,7 +1401,7 @@ impl Endpoint {
             || !ct_eq(expected.as_bytes(), &auth.data)
         {
             self.counters.auth_failed += 1;
-            tracing::info!(tunnel = %tunnel.id, "responder failed authentication");
+            tracing::debug!(tunnel = %tunnel.id, "responder failed authentication");
             return self.fail(sa, SaEndReason::AuthenticationFailed);
         }
         sa.remote_id = Some(Identity::from_wire(idr));
@@ -1403,7 +1410,7 @@ impl Endpoint {
         sa.established_at = Some(now);
         sa.next_peer_request_id = 0;
         self.counters.ike_sa_established += 1;
-        tracing::info!(tunnel = %tunnel.id, remote = %sa.remote, proposal = ?sa.proposal.as_ref().map(|p| p.to_string()), "IKE SA established (initiator)");
+        tracing::debug!(tunnel = %tunnel.id, remote = %sa.remote, proposal = ?sa.proposal.as_ref().map(|p| p.to_string()), "IKE SA established (initiator)");
         self.events.push_back(Event::IkeSaEstablished(sa.info()));
 
         let child = (|| {
@@ -1460,7 +1467,7 @@ impl Endpoint {
             Some(c) => self.child_established(sa, c),
             None => {
                 let reason = child_error.unwrap_or(NotifyType::INVALID_SYNTAX);
-                tracing::info!(tunnel = %tunnel.id, ?reason, "first child SA not created");
+                tracing::debug!(tunnel = %tunnel.id, ?reason, "first child SA not created");
                 self.events.push_back(Event::ChildSaFailed {
                     tunnel: tunnel.id.clone(),
                     ike: sa.handle,
@@ -1496,11 +1503,11 @@ impl Endpoint {
         payloads.push(Payload::Nonce(Nonce(sa.nonce_i.clone())));
         payloads.push(Payload::Notify(notify(
             NotifyType::NAT_DETECTION_SOURCE_IP,
-            nat_hash(sa.spi_i, 0, sa.local).to_vec(),
+            nat_detection_hash(sa.spi_i, 0, sa.local).to_vec(),
         )));
         payloads.push(Payload::Notify(notify(
             NotifyType::NAT_DETECTION_DESTINATION_IP,
-            nat_hash(sa.spi_i, 0, sa.remote).to_vec(),
+            nat_detection_hash(sa.spi_i, 0, sa.remote).to_vec(),
         )));
         let bytes = Message {
             header: sa.header(ExchangeType::IKE_SA_INIT, 0, false),
@@ -1606,7 +1613,7 @@ impl Endpoint {
             spi_out: child.spi_out,
         });
         self.counters.child_sa_established += 1;
-        tracing::info!(
+        tracing::debug!(
             tunnel = %child.tunnel,
             spi_in = format_args!("{:08x}", child.spi_in),
             spi_out = format_args!("{:08x}", child.spi_out),
@@ -1653,7 +1660,7 @@ impl Endpoint {
             .collect();
         for h in stale {
             if let Some(old) = self.sas.remove(&h) {
-                tracing::info!(tunnel = %tunnel.id, old = format_args!("{:016x}", old.our_spi()), "INITIAL_CONTACT: replacing the old IKE SA");
+                tracing::debug!(tunnel = %tunnel.id, old = format_args!("{:016x}", old.our_spi()), "INITIAL_CONTACT: replacing the old IKE SA");
                 self.child_deleted_events(&old);
                 self.events.push_back(Event::IkeSaDeleted {
                     info: old.info(),
@@ -1673,7 +1680,7 @@ impl Endpoint {
     }
 
     fn fail(&mut self, sa: &mut IkeSa, reason: SaEndReason) -> bool {
-        tracing::info!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), remote = %sa.remote, ?reason, "IKE SA failed");
+        tracing::debug!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), remote = %sa.remote, ?reason, "IKE SA failed");
         self.events.push_back(Event::IkeSaFailed {
             info: sa.info(),
             reason,
@@ -1768,7 +1775,7 @@ fn retransmit_delay(timeout: Duration, base: f64, n: u32) -> Duration {
 
 /// NAT_DETECTION_*_IP data (RFC 7296 §2.23):
 ///   SHA-1(SPIi | SPIr | IP | Port)
-fn nat_hash(spi_i: u64, spi_r: u64, addr: SocketAddr) -> [u8; 20] {
+pub fn nat_detection_hash(spi_i: u64, spi_r: u64, addr: SocketAddr) -> [u8; 20] {
     let ip = match addr.ip() {
         std::net::IpAddr::V4(a) => a.octets().to_vec(),
         std::net::IpAddr::V6(a) => a.octets().to_vec(),

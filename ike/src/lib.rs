@@ -21,7 +21,7 @@ pub mod ts;
 pub mod wire;
 
 pub use config::{EndpointConfig, RetransmitConfig, TunnelConfig, MAX_NODE_INDEX};
-pub use endpoint::{Counters, Endpoint, InitiateError, MAX_HALF_OPEN};
+pub use endpoint::{nat_detection_hash, Counters, Endpoint, InitiateError, MAX_HALF_OPEN};
 pub use event::{
     ChildSa, DirectionKeys, Event, IkeSaHandle, IkeSaInfo, IkeState, SaEndReason, Transmit,
 };

@@ -864,13 +864,25 @@ fn garbage_is_counted_and_dropped() {
 /// (the fuzzers' seed corpus, `scripts/fuzz.sh`); does nothing otherwise.
 #[test]
 fn dump_seed_corpus() {
-    let Some(dir) = std::env::var_os("ANYHUB_DUMP_CORPUS") else { return };
+    let Some(dir) = std::env::var_os("ANYHUB_DUMP_CORPUS") else {
+        return;
+    };
     let dir = std::path::PathBuf::from(dir);
     std::fs::create_dir_all(&dir).unwrap();
     let mut n = 0;
-    for ike in [&["aes256gcm16-prfsha256-x25519"][..], &["aes256-sha256-modp2048"], &["aes128gcm16-prfsha384-ecp384-x25519"]] {
-        let site = TunnelSpec { ike, ..TunnelSpec::site() };
-        let hub = TunnelSpec { ike, ..TunnelSpec::hub() };
+    for ike in [
+        &["aes256gcm16-prfsha256-x25519"][..],
+        &["aes256-sha256-modp2048"],
+        &["aes128gcm16-prfsha384-ecp384-x25519"],
+    ] {
+        let site = TunnelSpec {
+            ike,
+            ..TunnelSpec::site()
+        };
+        let hub = TunnelSpec {
+            ike,
+            ..TunnelSpec::hub()
+        };
         let mut p = Pair::new(endpoint(1, 1, &[site]), endpoint(2, 2, &[hub]));
         p.nat = true;
         p.initiate();
