@@ -15,6 +15,7 @@
 //! message with our own line and column.
 
 use anyhub_crypto::Secret;
+use anyhub_ike::config::DpdAction;
 use anyhub_ike::wire::TrafficSelector;
 use anyhub_ike::{ts, EndpointConfig, Identity, ProposalSpec, TunnelConfig, MAX_NODE_INDEX};
 use serde::{Deserialize, Deserializer};
@@ -46,6 +47,8 @@ pub const DEFAULT_ESP_PROPOSALS: &[&str] = &["aes256gcm16", "aes128gcm16", "aes2
 pub const DEFAULT_IKE_LIFETIME: Duration = Duration::from_secs(4 * 3600);
 /// `child_lifetime` when absent: 1h.
 pub const DEFAULT_CHILD_LIFETIME: Duration = Duration::from_secs(3600);
+/// strongSwan's customary `dpd_delay`.
+pub const DEFAULT_DPD_DELAY: Duration = Duration::from_secs(30);
 /// Longest lifetime accepted (365 days): far beyond any sane rekey period,
 /// and small enough that `now + lifetime` can never overflow an `Instant`.
 pub const MAX_LIFETIME: Duration = Duration::from_secs(365 * 86_400);
@@ -144,6 +147,11 @@ struct RawIke {
     port: Option<i64>,
     natt_port: Option<i64>,
     status_socket: Option<PathBuf>,
+    /// First retransmission of an unanswered request after this long
+    /// (then ×1.8 each time); default 4 s as strongSwan.
+    retransmit_timeout: Option<toml::Value>,
+    /// Retransmissions before the peer counts as gone; default 5.
+    retransmit_tries: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -163,6 +171,11 @@ struct RawTunnel {
     child_lifetime: Option<toml::Value>,
     remote_address: Option<String>,
     initiate: Option<bool>,
+    /// Liveness checks after this long without hearing from the peer;
+    /// `"off"` or `0` switches them off.
+    dpd_delay: Option<toml::Value>,
+    /// `"clear"` or `"restart"`.
+    dpd_action: Option<String>,
 }
 
 /// The PSK, moved into a [`Secret`] the moment it is deserialised.
@@ -348,6 +361,19 @@ fn from_table(mut table: toml::Table) -> Result<DaemonConfig> {
 
     let mut endpoint = EndpointConfig::new(node_index, tunnels);
     endpoint.natt_port = natt_port;
+    endpoint.ike_port = port;
+    if let Some(v) = ike.retransmit_timeout {
+        endpoint.retransmit.timeout =
+            parse_lifetime(&v).map_err(|m| FieldError::new("ike.retransmit_timeout", m))?;
+    }
+    if let Some(n) = ike.retransmit_tries {
+        endpoint.retransmit.tries = u32::try_from(n)
+            .ok()
+            .filter(|n| (1..=20).contains(n))
+            .ok_or_else(|| {
+                FieldError::new("ike.retransmit_tries", format!("must be 1..=20, got {n}"))
+            })?;
+    }
     Ok(DaemonConfig {
         node_name: node.name,
         node_index,
@@ -467,6 +493,22 @@ fn tunnel(
             Some(r)
         }
     };
+    let dpd_delay = match raw.dpd_delay {
+        None => Some(DEFAULT_DPD_DELAY),
+        Some(toml::Value::Integer(0)) => None,
+        Some(toml::Value::String(s)) if s == "off" || s == "0" => None,
+        Some(v) => Some(parse_lifetime(&v).map_err(|m| FieldError::new(field("dpd_delay"), m))?),
+    };
+    let dpd_action = match raw.dpd_action.as_deref() {
+        None | Some("clear") => DpdAction::Clear,
+        Some("restart") => DpdAction::Restart,
+        Some(other) => {
+            return Err(FieldError::new(
+                field("dpd_action"),
+                format!("'{other}': expected \"clear\" or \"restart\""),
+            ))
+        }
+    };
     let tunnel = TunnelConfig {
         id: Arc::from(id),
         local_id,
@@ -480,6 +522,8 @@ fn tunnel(
         child_lifetime,
         remote_address: remote.map(|r| r.ip()),
         initiate,
+        dpd_delay,
+        dpd_action,
     };
     Ok((tunnel, target))
 }

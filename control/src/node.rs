@@ -346,7 +346,16 @@ fn log_event(event: &Event) {
             local_ts = %c.local_ts.iter().map(ts::display).collect::<Vec<_>>().join(","),
             remote_ts = %c.remote_ts.iter().map(ts::display).collect::<Vec<_>>().join(","),
             encap = c.encap,
+            rekey_of = %c.rekey_of.map(|o| format!("{o:08x}")).unwrap_or_else(|| "-".into()),
             "child SA established"
+        ),
+        Event::IkeSaRekeyed { old, new } => tracing::info!(
+            tunnel = %tunnel(&new.tunnel),
+            spi_i = %format_args!("{:016x}", new.spi_i),
+            spi_r = %format_args!("{:016x}", new.spi_r),
+            old = old.0,
+            proposal = new.proposal.as_deref().unwrap_or("-"),
+            "IKE SA rekeyed"
         ),
         Event::ChildSaDeleted {
             tunnel,

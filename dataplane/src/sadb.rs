@@ -36,6 +36,8 @@ pub enum Change {
     Installed { spi_in: u32, replaced: bool },
     /// This many child SAs were removed.
     Removed(usize),
+    /// This many child SAs now belong to a rekeyed IKE SA.
+    Moved(usize),
     /// The event does not concern the table.
     None,
 }
@@ -93,6 +95,9 @@ impl SaTable {
             Event::IkeSaDeleted { info, .. } | Event::IkeSaFailed { info, .. } => {
                 Change::Removed(self.remove_ike_sa(info.handle))
             }
+            // The children live on under the new IKE SA (RFC 7296 §2.18);
+            // the old one's IkeSaDeleted then finds none left to remove.
+            Event::IkeSaRekeyed { old, new } => Change::Moved(self.move_ike_sa(old, new.handle)),
             Event::IkeSaEstablished(_) | Event::ChildSaFailed { .. } => Change::None,
         }
     }
@@ -110,6 +115,16 @@ impl SaTable {
                 },
             )
             .is_some()
+    }
+
+    /// Re-parents every child SA of IKE SA `old` to `new`; returns how many.
+    pub fn move_ike_sa(&mut self, old: IkeSaHandle, new: IkeSaHandle) -> usize {
+        let mut n = 0;
+        for i in self.by_spi_in.values_mut().filter(|i| i.child.ike == old) {
+            i.child.ike = new;
+            n += 1;
+        }
+        n
     }
 
     /// Removes the child SA with inbound SPI `spi_in`; returns whether there
@@ -198,6 +213,7 @@ mod tests {
             local: "198.51.100.1:4500".parse().unwrap(),
             remote: "203.0.113.7:4500".parse().unwrap(),
             encap: true,
+            rekey_of: None,
         }
     }
 

@@ -26,6 +26,8 @@ fn endpoint() -> Endpoint {
         child_lifetime: Duration::from_secs(3600),
         remote_address: None,
         initiate: false,
+        dpd_delay: None,
+        dpd_action: anyhub_ike::config::DpdAction::Clear,
     };
     Endpoint::new(EndpointConfig::new(2, vec![Arc::new(tunnel)]), Box::new(SeededRng::new(1)))
 }

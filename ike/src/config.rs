@@ -29,12 +29,29 @@ pub struct TunnelConfig {
     pub local_ts: Vec<TrafficSelector>,
     /// The customer's side.
     pub remote_ts: Vec<TrafficSelector>,
+    /// When the IKE SA is rekeyed (minus up to 10 % jitter); it expires
+    /// 10 % after this if the rekey never succeeds (strongSwan's
+    /// rekey_time / over_time / rand_time).
     pub ike_lifetime: Duration,
+    /// The same for child SAs.
     pub child_lifetime: Duration,
     /// Where to send IKE_SA_INIT when we initiate.
     pub remote_address: Option<IpAddr>,
     /// Start this tunnel at startup, as initiator.
     pub initiate: bool,
+    /// Liveness check (RFC 7296 §2.4) after this long without hearing from
+    /// the peer; `None` switches it off.
+    pub dpd_delay: Option<Duration>,
+    pub dpd_action: DpdAction,
+}
+
+/// What to do when the peer stopped answering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DpdAction {
+    /// Forget the IKE SA and its child SAs.
+    Clear,
+    /// Forget them and, for a tunnel with a remote address, initiate anew.
+    Restart,
 }
 
 /// Retransmission of requests we send (RFC 7296 §2.1): timeout × base^n for
@@ -64,6 +81,8 @@ pub struct EndpointConfig {
     pub retransmit: RetransmitConfig,
     /// How long a responder keeps an IKE SA whose IKE_AUTH never came.
     pub half_open_timeout: Duration,
+    /// The local port of plain IKE (where a restarted tunnel starts from).
+    pub ike_port: u16,
     /// The local port that carries IKE with the non-ESP marker (RFC 3948);
     /// transmits from it are flagged [`crate::Transmit::natt`].
     pub natt_port: u16,
@@ -76,6 +95,7 @@ impl EndpointConfig {
             tunnels,
             retransmit: RetransmitConfig::default(),
             half_open_timeout: Duration::from_secs(30),
+            ike_port: 500,
             natt_port: 4500,
         }
     }

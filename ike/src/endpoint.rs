@@ -17,6 +17,8 @@
 //! Logging: the core logs at debug; what an operator needs at info leaves
 //! as an event, and the driver logs it once.
 
+mod lifecycle;
+
 use crate::config::{EndpointConfig, TunnelConfig};
 use crate::event::{
     ChildSa, DirectionKeys, Event, IkeSaHandle, IkeSaInfo, IkeState, SaEndReason, Transmit,
@@ -33,6 +35,7 @@ use crate::wire::{
     TrafficSelector, Ts,
 };
 use anyhub_crypto::{prf, secret::ct_eq, Rng};
+use lifecycle::{queue, Pending, Task};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -90,8 +93,10 @@ enum Refusal {
     InvalidKe(DhId),
     AuthenticationFailed,
     TsUnacceptable,
-    /// We do not support this yet (e.g. CREATE_CHILD_SA before rekeying lands).
-    NoAdditionalSas,
+    /// REKEY_SA names a child SA we do not have.
+    ChildSaNotFound,
+    /// We are busy with a conflicting exchange; the peer retries (§2.25).
+    TemporaryFailure,
 }
 
 impl Refusal {
@@ -105,7 +110,8 @@ impl Refusal {
             Refusal::InvalidKe(g) => (NotifyType::INVALID_KE_PAYLOAD, g.0.to_be_bytes().to_vec()),
             Refusal::AuthenticationFailed => (NotifyType::AUTHENTICATION_FAILED, vec![]),
             Refusal::TsUnacceptable => (NotifyType::TS_UNACCEPTABLE, vec![]),
-            Refusal::NoAdditionalSas => (NotifyType::NO_ADDITIONAL_SAS, vec![]),
+            Refusal::ChildSaNotFound => (NotifyType::CHILD_SA_NOT_FOUND, vec![]),
+            Refusal::TemporaryFailure => (NotifyType::TEMPORARY_FAILURE, vec![]),
         };
         notify(ty, data)
     }
@@ -144,12 +150,23 @@ struct Outstanding {
     bytes: Vec<u8>,
     tries: u32,
     next_at: Instant,
+    /// What the request was, to interpret its answer.
+    pending: Pending,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct ChildRef {
+/// What an IKE SA keeps of each of its child SAs (the keys left with the
+/// event).
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ChildState {
     spi_in: u32,
     spi_out: u32,
+    local_ts: Vec<TrafficSelector>,
+    remote_ts: Vec<TrafficSelector>,
+    /// `None` once a rekey is under way or the peer rekeys it.
+    rekey_at: Option<Instant>,
+    expire_at: Instant,
+    /// Replaced or expired: a DELETE is queued or sent.
+    deleting: bool,
 }
 
 struct IkeSa {
@@ -180,12 +197,26 @@ struct IkeSa {
     /// SHA-1 of the request `last_response` answers, to recognise its
     /// retransmissions.
     last_request_hash: Option<[u8; 20]>,
-    children: Vec<ChildRef>,
+    children: Vec<ChildState>,
     established_at: Option<Instant>,
     /// Half-open or connect deadline.
     deadline: Option<Instant>,
     /// The entry this SA has in `Endpoint::timers`.
     scheduled: Option<Instant>,
+    /// Our requests-to-be, one in flight at a time.
+    tasks: std::collections::VecDeque<Task>,
+    /// The last authenticated message from the peer (for liveness checks).
+    last_heard: Instant,
+    rekey_at: Option<Instant>,
+    expire_at: Option<Instant>,
+    /// Rekeyed into a new IKE SA: only its DELETE is left to happen.
+    superseded: bool,
+    /// When we delete a superseded SA ourselves if the peer has not.
+    superseded_at: Option<Instant>,
+    /// A task to retry later (after TEMPORARY_FAILURE).
+    retry_at: Option<(Instant, Task)>,
+    /// Where we first sent IKE_SA_INIT from and to, for a restart.
+    origin: Option<(SocketAddr, SocketAddr)>,
 }
 
 impl IkeSa {
@@ -242,12 +273,25 @@ impl IkeSa {
         }
     }
 
-    fn next_timer(&self) -> Option<Instant> {
-        let r = self.outstanding.as_ref().map(|o| o.next_at);
-        match (r, self.deadline) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+    fn next_timer(&self, dpd_due: Option<Instant>) -> Option<Instant> {
+        let children = self
+            .children
+            .iter()
+            .filter(|c| !c.deleting)
+            .flat_map(|c| [c.rekey_at, Some(c.expire_at)]);
+        [
+            self.outstanding.as_ref().map(|o| o.next_at),
+            self.deadline,
+            self.rekey_at,
+            self.expire_at,
+            self.superseded_at,
+            self.retry_at.map(|(t, _)| t),
+            dpd_due,
+        ]
+        .into_iter()
+        .chain(children)
+        .flatten()
+        .min()
     }
 }
 
@@ -392,6 +436,7 @@ impl Endpoint {
             self.handle_request(now, &mut sa, local, remote, data, msg)
         };
         if keep {
+            self.run_tasks(now, &mut sa);
             self.put_back(sa);
         } else {
             self.forget(sa);
@@ -455,6 +500,14 @@ impl Endpoint {
             established_at: None,
             deadline: Some(now + self.connect_timeout()),
             scheduled: None,
+            tasks: Default::default(),
+            last_heard: now,
+            rekey_at: None,
+            expire_at: None,
+            superseded: false,
+            superseded_at: None,
+            retry_at: None,
+            origin: Some((local, remote)),
         };
         self.by_spi.insert(spi_i, handle);
         self.send_init_request(now, &mut sa, None);
@@ -470,34 +523,24 @@ impl Endpoint {
         let Some(mut sa) = self.sas.remove(&handle) else {
             return false;
         };
-        if !matches!(sa.phase, Phase::Established) || sa.outstanding.is_some() {
-            // Nothing to tell the peer yet (or a request of ours is in flight
-            // and the window is one): just forget it.
-            self.child_deleted_events(&sa);
-            let info = sa.info();
-            let ev = if matches!(sa.phase, Phase::Established) {
-                Event::IkeSaDeleted {
-                    info,
+        match sa.phase {
+            Phase::Established => {
+                // Queued first, sent once any request in flight is answered.
+                sa.tasks.retain(|t| *t != Task::DeleteIke);
+                sa.tasks.push_front(Task::DeleteIke);
+                self.run_tasks(now, &mut sa);
+                self.put_back(sa);
+            }
+            Phase::Deleting => self.put_back(sa),
+            _ => {
+                // Nothing to tell the peer yet: just forget it.
+                self.events.push_back(Event::IkeSaFailed {
+                    info: sa.info(),
                     reason: SaEndReason::DeletedLocally,
-                }
-            } else {
-                Event::IkeSaFailed {
-                    info,
-                    reason: SaEndReason::DeletedLocally,
-                }
-            };
-            self.events.push_back(ev);
-            self.forget(sa);
-            return true;
+                });
+                self.forget(sa);
+            }
         }
-        let delete = Payload::Delete(Delete {
-            protocol: ProtocolId::IKE,
-            spi_size: 0,
-            spis: vec![],
-        });
-        self.send_request(now, &mut sa, ExchangeType::INFORMATIONAL, vec![delete]);
-        sa.phase = Phase::Deleting;
-        self.put_back(sa);
         true
     }
 
@@ -545,6 +588,7 @@ impl Endpoint {
                             }
                         };
                         self.events.push_back(ev);
+                        self.peer_dead(now, &sa);
                         self.forget(sa);
                         continue;
                     }
@@ -555,6 +599,14 @@ impl Endpoint {
                     self.send(&sa, bytes);
                 }
             }
+            if let Some((t, task)) = sa.retry_at {
+                if t <= now {
+                    sa.retry_at = None;
+                    queue(&mut sa.tasks, task);
+                }
+            }
+            self.tick(now, &mut sa);
+            self.run_tasks(now, &mut sa);
             self.put_back(sa);
         }
     }
@@ -740,6 +792,14 @@ impl Endpoint {
             established_at: None,
             deadline: Some(now + self.config.half_open_timeout),
             scheduled: None,
+            tasks: Default::default(),
+            last_heard: now,
+            rekey_at: None,
+            expire_at: None,
+            superseded: false,
+            superseded_at: None,
+            retry_at: None,
+            origin: None,
         };
         let mut payloads = vec![
             Payload::Sa(SaPayload {
@@ -827,6 +887,7 @@ impl Endpoint {
         sa.remote = remote;
         sa.next_peer_request_id = id.wrapping_add(1);
         sa.last_request_hash = Some(prf::sha1(&[data]));
+        sa.last_heard = now;
         if let Err(refusal) = check_critical(&payloads) {
             self.respond(
                 sa,
@@ -844,15 +905,7 @@ impl Endpoint {
                 self.handle_informational(sa, id, payloads)
             }
             (ExchangeType::CREATE_CHILD_SA, Phase::Established) => {
-                // Rekeying and extra child SAs come with the lifecycle work;
-                // until then the peer is told plainly.
-                self.respond(
-                    sa,
-                    ExchangeType::CREATE_CHILD_SA,
-                    id,
-                    vec![Payload::Notify(Refusal::NoAdditionalSas.notify())],
-                );
-                true
+                self.handle_create_child(now, sa, id, payloads)
             }
             _ => {
                 self.counters.rx_dropped += 1;
@@ -979,6 +1032,8 @@ impl Endpoint {
         sa.phase = Phase::Established;
         sa.deadline = None;
         sa.established_at = Some(now);
+        let (rekey_at, expire_at) = self.lifetimes(now, tunnel.ike_lifetime);
+        (sa.rekey_at, sa.expire_at) = (Some(rekey_at), Some(expire_at));
         self.half_open.remove(&(sa.spi_i, sa.remote));
         // The half-open key was the address IKE_SA_INIT came from; remove
         // whatever entry points at us in case the peer floated.
@@ -994,7 +1049,7 @@ impl Endpoint {
         match self.accept_first_child(sa, &tunnel, sa_p, tsi, tsr) {
             Ok((child, mut child_payloads)) => {
                 response.append(&mut child_payloads);
-                self.child_established(sa, child);
+                self.child_established(now, sa, child);
             }
             Err(refusal) => {
                 tracing::debug!(tunnel = %tunnel.id, ?refusal, "first child SA refused");
@@ -1039,7 +1094,7 @@ impl Endpoint {
         }
         let keys = sa.keys.as_ref().expect("established");
         let ck = keys
-            .child_keys(&chosen, &sa.nonce_i, &sa.nonce_r)
+            .child_keys(&chosen, None, &sa.nonce_i, &sa.nonce_r)
             .ok_or(Refusal::NoProposalChosen)?;
         let spi_in = self.fresh_esp_spi();
         let payloads = vec![
@@ -1073,6 +1128,7 @@ impl Endpoint {
             local: sa.local,
             remote: sa.remote,
             encap: self.uses_encap(sa),
+            rekey_of: None,
         };
         Ok((child, payloads))
     }
@@ -1158,24 +1214,15 @@ impl Endpoint {
             (Phase::InitiatorAuthSent { .. }, ExchangeType::IKE_AUTH) => {
                 self.handle_auth_response(now, sa, data, msg)
             }
-            (Phase::Deleting, ExchangeType::INFORMATIONAL) => {
-                if self.open(sa, data, &msg).is_none() {
-                    return true;
-                }
-                self.child_deleted_events(sa);
-                tracing::debug!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), "IKE SA deleted");
-                self.events.push_back(Event::IkeSaDeleted {
-                    info: sa.info(),
-                    reason: SaEndReason::DeletedLocally,
-                });
-                false
-            }
-            (Phase::Established, _) => {
-                let Some(_payloads) = self.open(sa, data, &msg) else {
+            (Phase::Established | Phase::Deleting, _) => {
+                let Some(payloads) = self.open(sa, data, &msg) else {
                     return true;
                 };
-                sa.outstanding = None;
-                true
+                sa.last_heard = now;
+                let Some(out) = sa.outstanding.take() else {
+                    return true;
+                };
+                self.handle_task_response(now, sa, out.pending, payloads)
             }
             _ => {
                 self.counters.rx_dropped += 1;
@@ -1348,7 +1395,13 @@ impl Endpoint {
             selectors: tunnel.remote_ts.clone(),
         }));
         sa.phase = Phase::InitiatorAuthSent { child_spi_in };
-        self.send_request(now, sa, ExchangeType::IKE_AUTH, payloads);
+        self.send_request(
+            now,
+            sa,
+            ExchangeType::IKE_AUTH,
+            payloads,
+            Pending::Handshake,
+        );
         true
     }
 
@@ -1409,6 +1462,8 @@ impl Endpoint {
         sa.deadline = None;
         sa.established_at = Some(now);
         sa.next_peer_request_id = 0;
+        let (rekey_at, expire_at) = self.lifetimes(now, tunnel.ike_lifetime);
+        (sa.rekey_at, sa.expire_at) = (Some(rekey_at), Some(expire_at));
         self.counters.ike_sa_established += 1;
         tracing::debug!(tunnel = %tunnel.id, remote = %sa.remote, proposal = ?sa.proposal.as_ref().map(|p| p.to_string()), "IKE SA established (initiator)");
         self.events.push_back(Event::IkeSaEstablished(sa.info()));
@@ -1440,7 +1495,7 @@ impl Endpoint {
             let ck = sa
                 .keys
                 .as_ref()?
-                .child_keys(&chosen, &sa.nonce_i, &sa.nonce_r)?;
+                .child_keys(&chosen, None, &sa.nonce_i, &sa.nonce_r)?;
             Some(ChildSa {
                 tunnel: tunnel.id.clone(),
                 ike: sa.handle,
@@ -1461,10 +1516,11 @@ impl Endpoint {
                 local: sa.local,
                 remote: sa.remote,
                 encap: self.uses_encap(sa),
+                rekey_of: None,
             })
         })();
         match child {
-            Some(c) => self.child_established(sa, c),
+            Some(c) => self.child_established(now, sa, c),
             None => {
                 let reason = child_error.unwrap_or(NotifyType::INVALID_SYNTAX);
                 tracing::debug!(tunnel = %tunnel.id, ?reason, "first child SA not created");
@@ -1517,12 +1573,13 @@ impl Endpoint {
         .emit();
         sa.init_request = bytes.clone();
         sa.next_request_id = 1;
-        sa.outstanding = Some(Outstanding {
-            msg_id: 0,
-            bytes: bytes.clone(),
-            tries: 0,
-            next_at: now + self.config.retransmit.timeout,
-        });
+        let next_at = now + self.config.retransmit.timeout;
+        sa.outstanding = Some(Outstanding::new(
+            0,
+            bytes.clone(),
+            next_at,
+            Pending::Handshake,
+        ));
         self.send(sa, bytes);
     }
 
@@ -1532,6 +1589,7 @@ impl Endpoint {
         sa: &mut IkeSa,
         exchange: ExchangeType,
         payloads: Vec<Payload>,
+        pending: Pending,
     ) {
         let msg_id = sa.next_request_id;
         sa.next_request_id += 1;
@@ -1541,12 +1599,8 @@ impl Endpoint {
             .as_mut()
             .expect("keys before encrypted exchanges")
             .seal(sa.initiator, &header, &payloads, &mut *self.rng);
-        sa.outstanding = Some(Outstanding {
-            msg_id,
-            bytes: bytes.clone(),
-            tries: 0,
-            next_at: now + self.config.retransmit.timeout,
-        });
+        let next_at = now + self.config.retransmit.timeout;
+        sa.outstanding = Some(Outstanding::new(msg_id, bytes.clone(), next_at, pending));
         self.send(sa, bytes);
     }
 
@@ -1607,11 +1661,10 @@ impl Endpoint {
         }
     }
 
-    fn child_established(&mut self, sa: &mut IkeSa, child: ChildSa) {
-        sa.children.push(ChildRef {
-            spi_in: child.spi_in,
-            spi_out: child.spi_out,
-        });
+    fn child_established(&mut self, now: Instant, sa: &mut IkeSa, child: ChildSa) {
+        let (rekey_at, expire_at) = self.lifetimes(now, child.lifetime);
+        sa.children
+            .push(ChildState::new(&child, rekey_at, expire_at));
         self.counters.child_sa_established += 1;
         tracing::debug!(
             tunnel = %child.tunnel,
@@ -1707,7 +1760,7 @@ impl Endpoint {
     }
 
     fn put_back(&mut self, mut sa: IkeSa) {
-        let next = sa.next_timer();
+        let next = sa.next_timer(self.dpd_due(&sa));
         if sa.scheduled != next {
             if let Some(old) = sa.scheduled {
                 self.timers.remove(&(old, sa.handle));

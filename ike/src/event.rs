@@ -97,6 +97,9 @@ pub struct ChildSa {
     /// ESP travels in UDP (RFC 3948): a NAT was detected or IKE runs on the
     /// NAT-T port.
     pub encap: bool,
+    /// This child SA replaces the one with this inbound SPI (a rekey). The
+    /// old one stays valid until its own `ChildSaDeleted` (make-before-break).
+    pub rekey_of: Option<u32>,
 }
 
 /// Why an IKE SA went away or never came up.
@@ -106,6 +109,10 @@ pub enum SaEndReason {
     DeletedByPeer,
     /// We deleted it (operator or shutdown).
     DeletedLocally,
+    /// Replaced by a rekeyed SA.
+    Rekeyed,
+    /// Its hard lifetime passed without a successful rekey.
+    Expired,
     /// INITIAL_CONTACT from the same peer identity: it restarted.
     ReplacedByInitialContact,
     /// Our requests went unanswered.
@@ -123,6 +130,12 @@ pub enum SaEndReason {
 #[derive(Clone, Debug)]
 pub enum Event {
     IkeSaEstablished(IkeSaInfo),
+    /// The IKE SA `old` was rekeyed into `new` (RFC 7296 §2.18): its child
+    /// SAs now belong to `new`; `old` ends with its own `IkeSaDeleted`.
+    IkeSaRekeyed {
+        old: IkeSaHandle,
+        new: IkeSaInfo,
+    },
     IkeSaDeleted {
         info: IkeSaInfo,
         reason: SaEndReason,

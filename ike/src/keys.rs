@@ -149,13 +149,46 @@ impl IkeKeys {
         spi_i: u64,
         spi_r: u64,
     ) -> IkeKeys {
-        let prf = suite.prf;
         // HMAC PRFs take the whole Ni | Nr as key (only fixed-key PRFs such
         // as AES-XCBC truncate it, §2.14).
         let mut nn = Vec::with_capacity(nonce_i.len() + nonce_r.len());
         nn.extend_from_slice(nonce_i);
         nn.extend_from_slice(nonce_r);
-        let skeyseed = prf.compute(&nn, &[shared.as_bytes()]);
+        let skeyseed = suite.prf.compute(&nn, &[shared.as_bytes()]);
+        Self::from_skeyseed(suite, &skeyseed, nonce_i, nonce_r, spi_i, spi_r)
+    }
+
+    /// The keys of the IKE SA that replaces this one (RFC 7296 §2.18):
+    ///   SKEYSEED = prf(SK_d (old), g^ir (new) | Ni | Nr)
+    /// with the old SA's PRF for SKEYSEED and the new one's for prf+
+    /// (as RFC 7296 intends and strongSwan does).
+    pub(crate) fn derive_rekeyed(
+        &self,
+        suite: IkeSuite,
+        shared: &Secret,
+        nonce_i: &[u8],
+        nonce_r: &[u8],
+        spi_i: u64,
+        spi_r: u64,
+    ) -> IkeKeys {
+        let skeyseed = self
+            .suite
+            .prf
+            .compute(self.sk_d.as_bytes(), &[shared.as_bytes(), nonce_i, nonce_r]);
+        Self::from_skeyseed(suite, &skeyseed, nonce_i, nonce_r, spi_i, spi_r)
+    }
+
+    /// {SK_d | SK_ai | SK_ar | SK_ei | SK_er | SK_pi | SK_pr}
+    ///        = prf+ (SKEYSEED, Ni | Nr | SPIi | SPIr)
+    fn from_skeyseed(
+        suite: IkeSuite,
+        skeyseed: &Secret,
+        nonce_i: &[u8],
+        nonce_r: &[u8],
+        spi_i: u64,
+        spi_r: u64,
+    ) -> IkeKeys {
+        let prf = suite.prf;
         let prf_len = prf.output_len();
         let integ_len = suite.integ.map_or(0, |i| i.key_len());
         let encr_len = suite.cipher.keymat_len();
@@ -204,13 +237,16 @@ impl IkeKeys {
         )
     }
 
-    /// RFC 7296 §2.17, a child SA without PFS:
-    ///   KEYMAT = prf+(SK_d, Ni | Nr)
+    /// RFC 7296 §2.17:
+    ///   KEYMAT = prf+(SK_d, Ni | Nr)                 (no PFS)
+    ///   KEYMAT = prf+(SK_d, g^ir (new) | Ni | Nr)    (PFS in CREATE_CHILD_SA)
     /// taken as encryption then integrity key for initiator→responder, then
-    /// the same for responder→initiator.
+    /// the same for responder→initiator. "Initiator" is the initiator of the
+    /// exchange that created the child SA.
     pub(crate) fn child_keys(
         &self,
         child: &Selected,
+        pfs: Option<&Secret>,
         nonce_i: &[u8],
         nonce_r: &[u8],
     ) -> Option<ChildKeys> {
@@ -221,9 +257,10 @@ impl IkeKeys {
             _ => return None,
         };
         let encr_len = cipher.keymat_len();
+        let g_ir = pfs.map_or(&[][..], |s| s.as_bytes());
         let stream = self.suite.prf.prf_plus(
             self.sk_d.as_bytes(),
-            &[nonce_i, nonce_r],
+            &[g_ir, nonce_i, nonce_r],
             2 * (encr_len + integ_len),
         );
         let mut parts = Splitter {

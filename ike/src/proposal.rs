@@ -359,6 +359,10 @@ pub enum DhPolicy {
     /// IKE_AUTH's first child SA: no KE is exchanged, so groups in the offer
     /// are ignored and none is selected (RFC 7296 §1.2).
     Ignore,
+    /// CREATE_CHILD_SA for a child SA: a group (PFS) when both sides want
+    /// one; an offer of groups only matches a spec with groups, and a spec
+    /// with groups only matches an offer with one of them.
+    Optional,
 }
 
 /// The responder's choice (RFC 7296 §2.7): our configured proposals in our
@@ -436,6 +440,22 @@ fn match_offer(spec: &ProposalSpec, offer: &Proposal, dh_policy: DhPolicy) -> Op
             let ours: Vec<u16> = spec.dh.iter().map(|p| p.0).collect();
             Some(DhId(pick(TransformType::DH, &ours)?))
         }
+        DhPolicy::Optional => {
+            let real_groups = offered(TransformType::DH).any(|t| t.id != DhId::NONE.0);
+            let offers_none =
+                !has(TransformType::DH) || offered(TransformType::DH).any(|t| t.id == DhId::NONE.0);
+            if spec.dh.is_empty() {
+                if !offers_none {
+                    return None;
+                }
+                None
+            } else if real_groups {
+                let ours: Vec<u16> = spec.dh.iter().map(|p| p.0).collect();
+                Some(DhId(pick(TransformType::DH, &ours)?))
+            } else {
+                return None;
+            }
+        }
     };
 
     let esn = if spec.protocol == ProtocolId::IKE {
@@ -469,6 +489,24 @@ fn match_offer(spec: &ProposalSpec, offer: &Proposal, dh_policy: DhPolicy) -> Op
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pfs_in_create_child_sa() {
+        let pfs = [esp("aes256gcm16-ecp256")];
+        let no_pfs = [esp("aes256gcm16")];
+        let offer_pfs = vec![esp("aes256gcm16-x25519-ecp256").to_wire(1, vec![0; 4], true)];
+        let offer_plain = vec![esp("aes256gcm16").to_wire(1, vec![0; 4], true)];
+        let s = select(&pfs, &offer_pfs, ProtocolId::ESP, DhPolicy::Optional).unwrap();
+        assert_eq!(s.dh, Some(DhId::ECP256));
+        assert_eq!(
+            select(&no_pfs, &offer_plain, ProtocolId::ESP, DhPolicy::Optional)
+                .unwrap()
+                .dh,
+            None
+        );
+        assert!(select(&no_pfs, &offer_pfs, ProtocolId::ESP, DhPolicy::Optional).is_none());
+        assert!(select(&pfs, &offer_plain, ProtocolId::ESP, DhPolicy::Optional).is_none());
+    }
 
     fn ike(s: &str) -> ProposalSpec {
         ProposalSpec::parse_ike(s).unwrap()

@@ -128,6 +128,8 @@ fn our_responder_answers_it() {
         child_lifetime: Duration::from_secs(3600),
         remote_address: None,
         initiate: false,
+        dpd_delay: None,
+        dpd_action: anyhub_ike::config::DpdAction::Clear,
     };
     let mut ep = Endpoint::new(
         EndpointConfig::new(7, vec![Arc::new(tunnel)]),

@@ -67,6 +67,8 @@ pub struct Tunnel {
     pub remote_ts: Vec<String>,
     pub remote_address: Option<String>,
     pub initiate: bool,
+    /// Extra TOML lines for the tunnel (e.g. `child_lifetime = "8s"`).
+    pub extra: Vec<String>,
 }
 
 /// TOML basic string (JSON string escapes are valid TOML escapes).
@@ -85,7 +87,9 @@ pub fn config_toml(tunnels: &[Tunnel], status_socket: &Path) -> String {
     let mut s = format!(
         "# written by the anyhub interop harness\n\
          [node]\nindex = 1\nname = \"interop-hub\"\n\n\
-         [ike]\nlisten = [{}]\nstatus_socket = {}\n",
+         [ike]\nlisten = [{}]\nstatus_socket = {}\n\
+         # failing cases fail fast, as the site's charon is set up to\n\
+         retransmit_timeout = \"1s\"\nretransmit_tries = 3\n",
         t(HUB_ADDR),
         t(&status_socket.display().to_string()),
     );
@@ -107,6 +111,10 @@ pub fn config_toml(tunnels: &[Tunnel], status_socket: &Path) -> String {
         }
         if tu.initiate {
             s += "initiate = true\n";
+        }
+        for l in &tu.extra {
+            s += l;
+            s += "\n";
         }
     }
     s
@@ -396,6 +404,7 @@ mod tests {
                 remote_ts: vec!["10.10.0.0/24".into()],
                 remote_address: Some("198.51.100.2".into()),
                 initiate: true,
+                extra: vec![],
             }],
             Path::new("/tmp/x.sock"),
         );

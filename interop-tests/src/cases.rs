@@ -37,6 +37,19 @@ pub enum Flow {
     /// strongSwan initiates; then its charon is killed with SIGKILL, a fresh
     /// one (which sends INITIAL_CONTACT) initiates again.
     SiteRestarts,
+    /// strongSwan initiates; then the IKE SA (`ike`) or the child SA must be
+    /// rekeyed within the given time — new SPIs on the site — and both
+    /// sides agree on the result.
+    Rekey { ike: bool, within: Duration },
+    /// strongSwan initiates; the tunnel then idles this long (liveness
+    /// checks only) and must still be up on both sides.
+    Idle(Duration),
+    /// strongSwan initiates, then deletes the IKE SA (`swanctl
+    /// --terminate`): neither side may hold anything afterwards.
+    SiteDeletes,
+    /// strongSwan initiates, then its charon is killed and stays dead:
+    /// anyhubd's liveness checks must clear every SA within the given time.
+    SiteVanishes(Duration),
 }
 
 /// What must hold on both sides once the flow has run.
@@ -101,6 +114,8 @@ fn site_conn(name: &str) -> SwanConn {
         local_ts: strings(&[SITE_TS]),
         remote_ts: strings(&[HUB_TS]),
         start: false,
+        conn_extra: Vec::new(),
+        child_extra: Vec::new(),
     }
 }
 
@@ -116,6 +131,7 @@ fn hub_tunnel(id: &str) -> Tunnel {
         remote_ts: strings(&[SITE_TS]),
         remote_address: None,
         initiate: false,
+        extra: Vec::new(),
     }
 }
 
@@ -325,6 +341,64 @@ pub fn all() -> Vec<Case> {
     ts.up_mut().remote_ts = strings(&["10.20.1.0/24"]);
     cases.push(ts);
 
+    // A tunnel's life: rekeys started by either side, with and without PFS.
+    let stand_in = Some("the lifecycle cases exercise anyhubd's timers and options");
+    let secs = Duration::from_secs;
+    for (name, ike, by_site, pfs) in [
+        ("rekey-child-by-strongswan", false, true, false),
+        ("rekey-child-by-anyhub", false, false, false),
+        ("rekey-child-pfs-by-strongswan", false, true, true),
+        ("rekey-child-pfs-by-anyhub", false, false, true),
+        ("rekey-ike-by-strongswan", true, true, false),
+        ("rekey-ike-by-anyhub", true, false, false),
+    ] {
+        let mut c = Case::basic(name);
+        c.flow = Flow::Rekey {
+            ike,
+            within: secs(25),
+        };
+        c.anyhub_only = stand_in;
+        if pfs {
+            c = c.esp("aes256gcm16-x25519", "aes256gcm16-x25519", "aes256gcm16");
+            c.up_mut().esp = "aes256gcm16-x25519".into();
+        }
+        match (ike, by_site) {
+            // strongSwan derives the hard lifetime as rekey_time × 110 %
+            // in whole seconds, which for 6 s is 6 s: the SA would expire
+            // the instant it rekeys. Give it explicit room.
+            (false, true) => c.site[0]
+                .child_extra
+                .extend(["rekey_time = 6s", "life_time = 30s", "rand_time = 1s"].map(String::from)),
+            (true, true) => c.site[0]
+                .conn_extra
+                .extend(["rekey_time = 6s", "over_time = 30s", "rand_time = 1s"].map(String::from)),
+            (false, false) => c.hub[0].extra.push("child_lifetime = \"6s\"".into()),
+            (true, false) => c.hub[0].extra.push("ike_lifetime = \"6s\"".into()),
+        }
+        cases.push(c);
+    }
+
+    // Liveness checks both ways, deletes, a peer that vanishes.
+    let mut dpd = Case::basic("dpd-by-strongswan");
+    dpd.flow = Flow::Idle(secs(7));
+    dpd.site[0].conn_extra.push("dpd_delay = 2s".into());
+    dpd.anyhub_only = stand_in;
+    cases.push(dpd.site_log("sending DPD request"));
+    let mut dpd = Case::basic("dpd-by-anyhub");
+    dpd.flow = Flow::Idle(secs(7));
+    dpd.hub[0].extra.push("dpd_delay = \"2s\"".into());
+    dpd.anyhub_only = stand_in;
+    cases.push(dpd.site_log("parsed INFORMATIONAL request 0 [ ]"));
+    let mut del = Case::basic("delete-by-strongswan");
+    del.flow = Flow::SiteDeletes;
+    del.anyhub_only = stand_in;
+    cases.push(del);
+    let mut gone = Case::basic("dpd-peer-vanishes");
+    gone.flow = Flow::SiteVanishes(secs(30));
+    gone.hub[0].extra.push("dpd_delay = \"2s\"".into());
+    gone.anyhub_only = stand_in;
+    cases.push(gone);
+
     // A restarted peer's INITIAL_CONTACT replaces its old SAs.
     let mut ic = Case::basic("initial-contact-replaces");
     ic.flow = Flow::SiteRestarts;
@@ -400,6 +474,8 @@ fn stand_in_conns(tunnels: &[Tunnel]) -> Vec<SwanConn> {
             local_ts: t.local_ts.clone(),
             remote_ts: t.remote_ts.clone(),
             start: t.initiate,
+            conn_extra: Vec::new(),
+            child_extra: Vec::new(),
         })
         .collect()
 }
@@ -544,6 +620,74 @@ fn drive(case: &Case, kind: HubKind, lab: &Lab, show: bool) -> Result<()> {
                 Ok(())
             })?;
         }
+        Flow::Rekey { ike, within } => {
+            initiate_all(case, &site, &mut said)?;
+            // Only "up" before the rekey: with PFS the first child has no
+            // group yet, so the expectation describes the rekeyed one.
+            let first = lab::eventually(Duration::from_secs(8), || {
+                let sas = site.list_sas()?;
+                ensure!(
+                    sas.iter().any(|s| s.state == "ESTABLISHED"
+                        && s.children.iter().any(|c| c.state == "INSTALLED")),
+                    "the tunnel did not come up"
+                );
+                Ok(sas)
+            })
+            .context("before the rekey")?;
+            let before = first.first().cloned().context("no IKE SA on the site")?;
+            lab::eventually(within, || {
+                let now = site.list_sas()?;
+                let sa = now
+                    .iter()
+                    .find(|s| s.conn == before.conn)
+                    .ok_or_else(|| anyhow!("the site lost its IKE SA"))?;
+                if ike {
+                    ensure!(
+                        sa.spi_i != before.spi_i,
+                        "the IKE SA was not rekeyed (same SPIs)"
+                    );
+                } else {
+                    ensure!(
+                        !sa.children.is_empty()
+                            && sa
+                                .children
+                                .iter()
+                                .all(|c| before.children.iter().all(|b| b.spi_in != c.spi_in)),
+                        "the child SA was not rekeyed (same SPIs)"
+                    );
+                }
+                check(case, &now, &hub.status()?, hub.typed_ids(), &said)
+            })
+            .context("after the rekey")?;
+        }
+        Flow::Idle(idle) => {
+            initiate_all(case, &site, &mut said)?;
+            wait_up(case, &site, &mut hub, &said)?;
+            std::thread::sleep(idle);
+        }
+        Flow::SiteDeletes => {
+            initiate_all(case, &site, &mut said)?;
+            wait_up(case, &site, &mut hub, &said)?;
+            let name = &case.site[0].name;
+            let out = site.swanctl(&["--terminate", "--ike", name], Duration::from_secs(10))?;
+            ensure!(
+                out.success(),
+                "swanctl --terminate failed: {}",
+                one_line(&out.text)
+            );
+            return lab::eventually(Duration::from_secs(8), || {
+                ensure!(site.list_sas()?.is_empty(), "the site still lists SAs");
+                hub_empty(&hub.status()?)
+            })
+            .context("after the site deleted the IKE SA");
+        }
+        Flow::SiteVanishes(within) => {
+            initiate_all(case, &site, &mut said)?;
+            wait_up(case, &site, &mut hub, &said)?;
+            site.kill_hard();
+            return lab::eventually(within, || hub_empty(&hub.status()?))
+                .context("after the site vanished");
+        }
         Flow::SiteRestarts => {
             initiate_all(case, &site, &mut said)?;
             let first = lab::eventually(Duration::from_secs(8), || {
@@ -591,6 +735,26 @@ fn drive(case: &Case, kind: HubKind, lab: &Lab, show: bool) -> Result<()> {
         }
     }
     verdict
+}
+
+/// Waits until both sides agree the case is up; returns the site's SAs.
+fn wait_up(case: &Case, site: &Charon, hub: &mut Hub, said: &str) -> Result<Vec<SwanIkeSa>> {
+    lab::eventually(Duration::from_secs(8), || {
+        let sas = site.list_sas()?;
+        check(case, &sas, &hub.status()?, hub.typed_ids(), said)?;
+        Ok(sas)
+    })
+}
+
+/// The hub holds no SA at all.
+fn hub_empty(hub: &HubStatus) -> Result<()> {
+    ensure!(
+        hub.ike_sas.is_empty() && hub.child_sas.is_empty(),
+        "anyhubd still holds {} IKE SA(s) and {} child SA(s)",
+        hub.ike_sas.len(),
+        hub.child_sas.len()
+    );
+    Ok(())
 }
 
 /// `swanctl --initiate` every site connection. For an `Up` case an initiate
@@ -801,6 +965,15 @@ fn check_tunnel(
         "site: IKE proposal {} != expected {ike}",
         sa.proposal
     );
+    // After an IKE SA rekey, whoever rekeyed is the new SA's original
+    // initiator (RFC 7296 §2.18): roles may have swapped; both sides must
+    // still agree on them.
+    let roles_may_swap = matches!(case.flow, Flow::Rekey { ike: true, .. });
+    let hub_initiates = if roles_may_swap {
+        !sa.initiator
+    } else {
+        hub_initiates
+    };
     ensure!(
         sa.initiator != hub_initiates,
         "site: IKE SA `{}` has strongSwan as {}",

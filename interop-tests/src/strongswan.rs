@@ -64,6 +64,10 @@ pub struct SwanConn {
     pub remote_ts: Vec<String>,
     /// `start_action = start`: initiate as soon as the config is loaded.
     pub start: bool,
+    /// Extra swanctl.conf lines for the connection (e.g. `rekey_time = 8s`).
+    pub conn_extra: Vec<String>,
+    /// Extra swanctl.conf lines for the child (e.g. `rekey_time = 8s`).
+    pub child_extra: Vec<String>,
 }
 
 /// Quotes a value for strongswan.conf syntax ('#' starts a comment unless
@@ -94,11 +98,11 @@ pub fn swanctl_conf(conns: &[SwanConn]) -> String {
     for c in conns {
         s += &format!(
             "  {name} {{\n    version = 2\n    local_addrs = {la}\n    remote_addrs = {ra}\n    \
-             proposals = {p}\n    keyingtries = 1\n    \
+             proposals = {p}\n    keyingtries = 1\n{conn_extra}    \
              local {{\n      auth = psk\n      id = {lid}\n    }}\n    \
              remote {{\n      auth = psk\n      id = {rid}\n    }}\n    \
              children {{\n      {child} {{\n        local_ts = {lts}\n        remote_ts = {rts}\n        \
-             esp_proposals = {esp}\n{start}      }}\n    }}\n  }}\n",
+             esp_proposals = {esp}\n{child_extra}{start}      }}\n    }}\n  }}\n",
             name = c.name,
             la = q(&c.local_addrs),
             ra = q(&c.remote_addrs),
@@ -109,6 +113,8 @@ pub fn swanctl_conf(conns: &[SwanConn]) -> String {
             lts = qlist(&c.local_ts),
             rts = qlist(&c.remote_ts),
             esp = qlist(&c.esp_proposals),
+            conn_extra = c.conn_extra.iter().map(|l| format!("    {l}\n")).collect::<String>(),
+            child_extra = c.child_extra.iter().map(|l| format!("        {l}\n")).collect::<String>(),
             start = if c.start {
                 "        start_action = start\n"
             } else {
@@ -236,6 +242,13 @@ impl Charon {
             b"----- interop harness: charon killed with SIGKILL, starting a fresh one -----\n",
         )?;
         self.spawn()
+    }
+
+    /// kill -9 charon and leave it dead: a peer that vanished.
+    pub fn kill_hard(&mut self) {
+        if let Some(mut p) = self.proc.take() {
+            p.kill_hard();
+        }
     }
 
     pub fn vici(&self) -> PathBuf {
@@ -810,6 +823,8 @@ list-sas reply {
             local_ts: vec!["10.10.0.0/24".into()],
             remote_ts: vec!["10.20.0.0/24".into()],
             start: false,
+            conn_extra: vec![],
+            child_extra: vec![],
         }]);
         assert!(conf.contains("id = \"keyid:#0a0b\""));
         assert!(conf.contains("id-1 = \"keyid:#0a0b\""));
