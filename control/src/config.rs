@@ -67,6 +67,9 @@ pub struct DaemonConfig {
     pub endpoint: EndpointConfig,
     /// The tunnels to start at startup (`initiate = true`), in file order.
     pub initiate: Vec<Initiation>,
+    /// Every tunnel with a `remote_address` this node can initiate to (for
+    /// `anyhubctl initiate`), in file order.
+    pub targets: Vec<Initiation>,
 }
 
 /// A tunnel this node initiates: from where to where IKE_SA_INIT goes.
@@ -317,6 +320,7 @@ fn from_table(mut table: toml::Table) -> Result<DaemonConfig> {
 
     let mut tunnels: Vec<Arc<TunnelConfig>> = Vec::with_capacity(raw_tunnels.len());
     let mut initiate = Vec::new();
+    let mut targets = Vec::new();
     let mut ids: HashMap<Arc<str>, usize> = HashMap::new();
     let mut remote_ids: HashMap<Identity, usize> = HashMap::new();
     for (i, value) in raw_tunnels.into_iter().enumerate() {
@@ -350,11 +354,15 @@ fn from_table(mut table: toml::Table) -> Result<DaemonConfig> {
                 .copied()
                 .find(|a| a.is_ipv4() == remote.is_ipv4())
                 .expect("tunnel() checked the family");
-            initiate.push(Initiation {
+            let target = Initiation {
                 tunnel: tunnel.id.clone(),
                 local: SocketAddr::new(local_ip, port),
                 remote,
-            });
+            };
+            if tunnel.initiate {
+                initiate.push(target.clone());
+            }
+            targets.push(target);
         }
         tunnels.push(Arc::new(tunnel));
     }
@@ -383,6 +391,7 @@ fn from_table(mut table: toml::Table) -> Result<DaemonConfig> {
         status_socket,
         endpoint,
         initiate,
+        targets,
     })
 }
 
@@ -474,8 +483,11 @@ fn tunnel(
         .map(|s| remote_address(s).map_err(|m| FieldError::new(field("remote_address"), m)))
         .transpose()?;
     let initiate = raw.initiate.unwrap_or(false);
+    let family_ok = |r: &SocketAddr| listen.iter().any(|a| a.is_ipv4() == r.is_ipv4());
     let target = match (initiate, remote) {
-        (false, _) => None,
+        // Still a target for an operator's `anyhubctl initiate`, where the
+        // family allows.
+        (false, r) => r.filter(family_ok),
         (true, None) => {
             return Err(FieldError::new(
                 field("remote_address"),
@@ -483,7 +495,7 @@ fn tunnel(
             ))
         }
         (true, Some(r)) => {
-            if !listen.iter().any(|a| a.is_ipv4() == r.is_ipv4()) {
+            if !family_ok(&r) {
                 let family = if r.is_ipv4() { "IPv4" } else { "IPv6" };
                 return Err(FieldError::new(
                     field("remote_address"),

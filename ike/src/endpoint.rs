@@ -51,26 +51,46 @@ pub const MAX_HALF_OPEN: usize = 16_384;
 /// otherwise bounce us between groups forever).
 const MAX_INVALID_KE_RETRIES: u8 = 2;
 
-/// What the endpoint counts. A peer's garbage lands here, never in a panic.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub rx_datagrams: u64,
+/// Declares [`Counters`] and its name/value listing from one field list, so
+/// a new counter reaches the status document without further edits.
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident, )*) => {
+        /// What the endpoint counts. A peer's garbage lands here, never in a
+        /// panic.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Counters {
+            /// Every counter with its name, in declaration order.
+            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+                vec![$( (stringify!($name), self.$name), )*]
+            }
+        }
+    };
+}
+
+counters! {
+    rx_datagrams,
     /// Did not parse (header, lengths, payload structure).
-    pub rx_malformed: u64,
+    rx_malformed,
     /// Parsed but not for anything we have, out of the message-ID window,
     /// or not acceptable in the SA's state.
-    pub rx_dropped: u64,
+    rx_dropped,
     /// The SK payload failed its integrity check.
-    pub rx_decrypt_failed: u64,
+    rx_decrypt_failed,
     /// Retransmitted requests answered from the response cache.
-    pub rx_retransmits: u64,
-    pub tx_retransmits: u64,
-    pub auth_failed: u64,
-    pub no_proposal_chosen: u64,
-    pub invalid_ke_sent: u64,
-    pub half_open_refused: u64,
-    pub ike_sa_established: u64,
-    pub child_sa_established: u64,
+    rx_retransmits,
+    tx_retransmits,
+    auth_failed,
+    no_proposal_chosen,
+    invalid_ke_sent,
+    half_open_refused,
+    ike_sa_established,
+    child_sa_established,
+    /// Both sides rekeyed the same SA at once (RFC 7296 §2.8.1, §2.8.2).
+    rekey_collisions,
 }
 
 /// Why [`Endpoint::initiate`] refused.
@@ -167,6 +187,9 @@ struct ChildState {
     expire_at: Instant,
     /// Replaced or expired: a DELETE is queued or sent.
     deleting: bool,
+    /// A newer child SA replaced it and the peer deletes it (the peer's
+    /// rekey, or its win in a rekey collision): not rekeyed again.
+    replaced: bool,
 }
 
 struct IkeSa {
@@ -204,7 +227,7 @@ struct IkeSa {
     /// The entry this SA has in `Endpoint::timers`.
     scheduled: Option<Instant>,
     /// Our requests-to-be, one in flight at a time.
-    tasks: std::collections::VecDeque<Task>,
+    tasks: VecDeque<Task>,
     /// The last authenticated message from the peer (for liveness checks).
     last_heard: Instant,
     rekey_at: Option<Instant>,
@@ -217,9 +240,62 @@ struct IkeSa {
     retry_at: Option<(Instant, Task)>,
     /// Where we first sent IKE_SA_INIT from and to, for a restart.
     origin: Option<(SocketAddr, SocketAddr)>,
+    /// The peer rekeyed this IKE SA into this one while our own rekey was
+    /// in flight (§2.8.2), with the lowest nonce of its exchange.
+    rekey_collision: Option<(IkeSaHandle, Vec<u8>)>,
 }
 
 impl IkeSa {
+    /// An SA with nothing negotiated yet; callers fill in what they know
+    /// with struct-update syntax.
+    fn blank(
+        handle: IkeSaHandle,
+        initiator: bool,
+        local: SocketAddr,
+        remote: SocketAddr,
+        phase: Phase,
+        now: Instant,
+    ) -> IkeSa {
+        IkeSa {
+            handle,
+            initiator,
+            spi_i: 0,
+            spi_r: 0,
+            local,
+            remote,
+            tunnel: None,
+            remote_id: None,
+            phase,
+            proposal: None,
+            keys: None,
+            sk: None,
+            nonce_i: vec![],
+            nonce_r: vec![],
+            init_request: vec![],
+            init_response: vec![],
+            nat_local: false,
+            nat_remote: false,
+            next_request_id: 0,
+            outstanding: None,
+            next_peer_request_id: 0,
+            last_response: None,
+            last_request_hash: None,
+            children: vec![],
+            established_at: None,
+            deadline: None,
+            scheduled: None,
+            tasks: VecDeque::new(),
+            last_heard: now,
+            rekey_at: None,
+            expire_at: None,
+            superseded: false,
+            superseded_at: None,
+            retry_at: None,
+            origin: None,
+            rekey_collision: None,
+        }
+    }
+
     fn our_spi(&self) -> u64 {
         if self.initiator {
             self.spi_i
@@ -470,44 +546,22 @@ impl Endpoint {
         let dh = DhState::generate(group, &mut *self.rng).expect("group checked above");
         let handle = self.new_handle();
         let mut sa = IkeSa {
-            handle,
-            initiator: true,
             spi_i,
-            spi_r: 0,
-            local,
-            remote,
             tunnel: Some(tunnel),
-            remote_id: None,
-            phase: Phase::InitiatorInitSent {
-                dh,
-                invalid_ke_retries: 0,
-            },
-            proposal: None,
-            keys: None,
-            sk: None,
             nonce_i,
-            nonce_r: vec![],
-            init_request: vec![],
-            init_response: vec![],
-            nat_local: false,
-            nat_remote: false,
-            next_request_id: 0,
-            outstanding: None,
-            next_peer_request_id: 0,
-            last_response: None,
-            last_request_hash: None,
-            children: vec![],
-            established_at: None,
             deadline: Some(now + self.connect_timeout()),
-            scheduled: None,
-            tasks: Default::default(),
-            last_heard: now,
-            rekey_at: None,
-            expire_at: None,
-            superseded: false,
-            superseded_at: None,
-            retry_at: None,
             origin: Some((local, remote)),
+            ..IkeSa::blank(
+                handle,
+                true,
+                local,
+                remote,
+                Phase::InitiatorInitSent {
+                    dh,
+                    invalid_ke_retries: 0,
+                },
+                now,
+            )
         };
         self.by_spi.insert(spi_i, handle);
         self.send_init_request(now, &mut sa, None);
@@ -542,6 +596,86 @@ impl Endpoint {
             }
         }
         true
+    }
+
+    /// Rekeys the child SA with inbound SPI `spi_in` of IKE SA `handle` now
+    /// (an operator's request; lifetimes do it on their own). Returns false
+    /// if there is no such established child SA.
+    pub fn rekey_child_sa(&mut self, now: Instant, handle: IkeSaHandle, spi_in: u32) -> bool {
+        self.queue_task(now, handle, |sa| {
+            let c = sa
+                .children
+                .iter_mut()
+                .find(|c| c.spi_in == spi_in && c.live())?;
+            c.rekey_at = None;
+            Some(Task::RekeyChild(spi_in, None))
+        })
+    }
+
+    /// Rekeys IKE SA `handle` now (§2.18). Returns false if it is not
+    /// established or already rekeyed.
+    pub fn rekey_ike_sa(&mut self, now: Instant, handle: IkeSaHandle) -> bool {
+        self.queue_task(now, handle, |sa| {
+            if sa.superseded {
+                return None;
+            }
+            sa.rekey_at = None;
+            Some(Task::RekeyIke(None))
+        })
+    }
+
+    /// Deletes one child SA with an INFORMATIONAL DELETE (§1.4.1). Returns
+    /// false if there is no such child SA.
+    pub fn delete_child_sa(&mut self, now: Instant, handle: IkeSaHandle, spi_in: u32) -> bool {
+        self.queue_task(now, handle, |sa| {
+            let c = sa
+                .children
+                .iter_mut()
+                .find(|c| c.spi_in == spi_in && !c.deleting)?;
+            c.deleting = true;
+            c.rekey_at = None;
+            Some(Task::DeleteChild(spi_in))
+        })
+    }
+
+    /// Queues the task `pick` returns for an established SA and starts it if
+    /// nothing else is in flight.
+    fn queue_task(
+        &mut self,
+        now: Instant,
+        handle: IkeSaHandle,
+        pick: impl FnOnce(&mut IkeSa) -> Option<Task>,
+    ) -> bool {
+        let Some(mut sa) = self.sas.remove(&handle) else {
+            return false;
+        };
+        let task = if matches!(sa.phase, Phase::Established) {
+            pick(&mut sa)
+        } else {
+            None
+        };
+        let queued = task.is_some();
+        if let Some(t) = task {
+            queue(&mut sa.tasks, t);
+            self.run_tasks(now, &mut sa);
+        }
+        self.put_back(sa);
+        queued
+    }
+
+    /// The inbound SPIs of an IKE SA's live child SAs (neither being
+    /// deleted nor replaced by a rekey), oldest first.
+    pub fn child_sas_of(&self, handle: IkeSaHandle) -> Vec<u32> {
+        self.sas
+            .get(&handle)
+            .map(|sa| {
+                sa.children
+                    .iter()
+                    .filter(|c| c.live())
+                    .map(|c| c.spi_in)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Drives retransmissions and expiries due at `now`.
@@ -765,41 +899,19 @@ impl Endpoint {
 
         let handle = self.new_handle();
         let mut sa = IkeSa {
-            handle,
-            initiator: false,
             spi_i,
             spi_r,
-            local,
-            remote,
-            tunnel: None,
-            remote_id: None,
-            phase: Phase::ResponderAwaitAuth,
             proposal: Some(chosen.clone()),
             keys: Some(keys),
             sk: Some(sk),
             nonce_i: nonce.0.clone(),
             nonce_r: nonce_r.clone(),
             init_request: data.to_vec(),
-            init_response: vec![],
             nat_local,
             nat_remote,
-            next_request_id: 0,
-            outstanding: None,
             next_peer_request_id: 1,
-            last_response: None,
-            last_request_hash: None,
-            children: vec![],
-            established_at: None,
             deadline: Some(now + self.config.half_open_timeout),
-            scheduled: None,
-            tasks: Default::default(),
-            last_heard: now,
-            rekey_at: None,
-            expire_at: None,
-            superseded: false,
-            superseded_at: None,
-            retry_at: None,
-            origin: None,
+            ..IkeSa::blank(handle, false, local, remote, Phase::ResponderAwaitAuth, now)
         };
         let mut payloads = vec![
             Payload::Sa(SaPayload {
@@ -902,7 +1014,7 @@ impl Endpoint {
                 self.handle_auth_request(now, sa, id, payloads)
             }
             (ExchangeType::INFORMATIONAL, Phase::Established | Phase::Deleting) => {
-                self.handle_informational(sa, id, payloads)
+                self.handle_informational(now, sa, id, payloads)
             }
             (ExchangeType::CREATE_CHILD_SA, Phase::Established) => {
                 self.handle_create_child(now, sa, id, payloads)
@@ -1133,7 +1245,13 @@ impl Endpoint {
         Ok((child, payloads))
     }
 
-    fn handle_informational(&mut self, sa: &mut IkeSa, id: u32, payloads: Vec<Payload>) -> bool {
+    fn handle_informational(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        id: u32,
+        payloads: Vec<Payload>,
+    ) -> bool {
         let mut answer = Vec::new();
         let mut delete_ike = false;
         let mut our_deleted = Vec::new();
@@ -1145,19 +1263,10 @@ impl Endpoint {
                         for s in &d.spis {
                             // The peer names its inbound SPI, our outbound one.
                             let Some(out) = spi_from(s) else { continue };
-                            if let Some(pos) = sa.children.iter().position(|c| c.spi_out == out) {
-                                let c = sa.children.remove(pos);
-                                our_deleted.push(c.spi_in.to_be_bytes().to_vec());
-                                self.events.push_back(Event::ChildSaDeleted {
-                                    tunnel: sa
-                                        .tunnel
-                                        .as_ref()
-                                        .map(|t| t.id.clone())
-                                        .unwrap_or_else(|| "".into()),
-                                    ike: sa.handle,
-                                    spi_in: c.spi_in,
-                                    spi_out: c.spi_out,
-                                });
+                            if let Some(c) = sa.children.iter().find(|c| c.spi_out == out) {
+                                let spi_in = c.spi_in;
+                                our_deleted.push(spi_in.to_be_bytes().to_vec());
+                                self.remove_child(sa, spi_in);
                             }
                         }
                     }
@@ -1168,6 +1277,11 @@ impl Endpoint {
         if delete_ike {
             // §1.4.1: answer with an empty INFORMATIONAL, then forget.
             self.respond(sa, ExchangeType::INFORMATIONAL, id, vec![]);
+            // Our own rekey of this SA collided with the peer's, and the
+            // peer's won: its new SA inherits the child SAs (§2.8.2).
+            if let Some((winner, _)) = sa.rekey_collision.take() {
+                self.adopt_children(now, sa, winner);
+            }
             self.child_deleted_events(sa);
             tracing::debug!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), remote = %sa.remote, "IKE SA deleted by peer");
             self.events.push_back(Event::IkeSaDeleted {
@@ -1780,6 +1894,16 @@ impl Endpoint {
         }
         if self.by_spi.get(&sa.our_spi()) == Some(&sa.handle) {
             self.by_spi.remove(&sa.our_spi());
+        }
+        // The SPI reserved for our IKE SA rekey in flight.
+        if let Some(Outstanding {
+            pending: Pending::RekeyIke { new_spi_i, .. },
+            ..
+        }) = &sa.outstanding
+        {
+            if self.by_spi.get(new_spi_i) == Some(&sa.handle) {
+                self.by_spi.remove(new_spi_i);
+            }
         }
         self.half_open.retain(|_, h| *h != sa.handle);
     }

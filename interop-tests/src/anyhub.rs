@@ -202,6 +202,24 @@ impl Anyhubd {
         Ok(out.text)
     }
 
+    /// An operator action: `anyhubctl <args>` (e.g. `rekey site-a ike`).
+    pub fn act(&mut self, args: &[&str]) -> Result<String> {
+        if let Some(status) = self.proc.exited() {
+            bail!("anyhubd exited ({status})");
+        }
+        let mut cmd = Command::new(&self.bins.anyhubctl);
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        let out = lab::run(&mut cmd, Duration::from_secs(10))?;
+        if !out.success() {
+            bail!(
+                "`anyhubctl {}` failed: {}",
+                args.join(" "),
+                out.text.trim().replace('\n', " | ")
+            );
+        }
+        Ok(out.text)
+    }
+
     /// `anyhubctl status` (human table, for the demo).
     pub fn status_text(&mut self) -> Result<String> {
         self.ctl(false)

@@ -50,6 +50,16 @@ pub enum Flow {
     /// strongSwan initiates, then its charon is killed and stays dead:
     /// anyhubd's liveness checks must clear every SA within the given time.
     SiteVanishes(Duration),
+    /// strongSwan initiates; then the operator deletes the IKE SA (`ike`)
+    /// or only the child SA with `anyhubctl terminate`.
+    HubDeletes { ike: bool },
+    /// strongSwan initiates, then deletes only the child SA.
+    SiteDeletesChild,
+    /// strongSwan initiates; then both sides rekey the IKE SA (`ike`) or
+    /// the child SA at the same moment: the hub→site path drops
+    /// everything for a moment so the two requests cross. One SA must be
+    /// left, the same on both sides, and both must have seen the collision.
+    SimultaneousRekey { ike: bool },
 }
 
 /// What must hold on both sides once the flow has run.
@@ -399,6 +409,38 @@ pub fn all() -> Vec<Case> {
     gone.anyhub_only = stand_in;
     cases.push(gone);
 
+    // Deletes by the operator, child-only deletes, colliding rekeys.
+    for (name, ike) in [
+        ("delete-by-anyhub", true),
+        ("delete-child-by-anyhub", false),
+    ] {
+        let mut c = Case::basic(name);
+        c.flow = Flow::HubDeletes { ike };
+        c.anyhub_only = stand_in;
+        cases.push(c);
+    }
+    let mut c = Case::basic("delete-child-by-strongswan");
+    c.flow = Flow::SiteDeletesChild;
+    c.anyhub_only = stand_in;
+    cases.push(c);
+    for (name, ike, evidence) in [
+        (
+            "rekey-simultaneous-child",
+            false,
+            "detected CHILD_REKEY collision with CHILD_REKEY",
+        ),
+        (
+            "rekey-simultaneous-ike",
+            true,
+            "detected IKE_REKEY collision with IKE_REKEY",
+        ),
+    ] {
+        let mut c = Case::basic(name);
+        c.flow = Flow::SimultaneousRekey { ike };
+        c.anyhub_only = stand_in;
+        cases.push(c.site_log(evidence));
+    }
+
     // A restarted peer's INITIAL_CONTACT replaces its old SAs.
     let mut ic = Case::basic("initial-contact-replaces");
     ic.flow = Flow::SiteRestarts;
@@ -454,6 +496,29 @@ impl Hub {
 
     fn typed_ids(&self) -> bool {
         matches!(self, Hub::Anyhub(_))
+    }
+
+    /// An operator action on tunnel `tunnel`: `verb` is "rekey" or
+    /// "terminate", `ike` picks the IKE SA or the child SA.
+    fn act(&mut self, verb: &str, tunnel: &str, ike: bool) -> Result<()> {
+        match self {
+            Hub::Anyhub(a) => {
+                a.act(&[verb, tunnel, if ike { "ike" } else { "child" }])?;
+            }
+            Hub::Swan(c) => {
+                let flag = if ike { "--ike" } else { "--child" };
+                let out = c.swanctl(
+                    &[&format!("--{verb}"), flag, tunnel],
+                    Duration::from_secs(10),
+                )?;
+                ensure!(
+                    out.success(),
+                    "swanctl --{verb} failed: {}",
+                    one_line(&out.text)
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -681,6 +746,97 @@ fn drive(case: &Case, kind: HubKind, lab: &Lab, show: bool) -> Result<()> {
             })
             .context("after the site deleted the IKE SA");
         }
+        Flow::HubDeletes { ike } => {
+            initiate_all(case, &site, &mut said)?;
+            wait_up(case, &site, &mut hub, &said)?;
+            hub.act("terminate", &case.hub[0].id, ike)?;
+            return lab::eventually(Duration::from_secs(8), || {
+                let sas = site.list_sas()?;
+                let st = hub.status()?;
+                if ike {
+                    ensure!(sas.is_empty(), "the site still lists SAs");
+                    hub_empty(&st)
+                } else {
+                    only_ike_left(&sas, &st)
+                }
+            })
+            .context("after anyhubctl terminate");
+        }
+        Flow::SiteDeletesChild => {
+            initiate_all(case, &site, &mut said)?;
+            wait_up(case, &site, &mut hub, &said)?;
+            let name = &case.site[0].child;
+            let out = site.swanctl(&["--terminate", "--child", name], Duration::from_secs(10))?;
+            ensure!(
+                out.success(),
+                "swanctl --terminate --child failed: {}",
+                one_line(&out.text)
+            );
+            return lab::eventually(Duration::from_secs(8), || {
+                only_ike_left(&site.list_sas()?, &hub.status()?)
+            })
+            .context("after the site deleted the child SA");
+        }
+        Flow::SimultaneousRekey { ike } => {
+            initiate_all(case, &site, &mut said)?;
+            let before = wait_up(case, &site, &mut hub, &said)?;
+            let before = before.first().cloned().context("no IKE SA on the site")?;
+            // The hub's request is lost on the way and retransmitted: it
+            // reaches the site while the site's own request is in flight,
+            // and the site's reaches the hub while the hub's is.
+            lab::block_from(&lab.site_ns, HUB_ADDR)?;
+            let acted = (|| {
+                hub.act("rekey", &case.hub[0].id, ike)?;
+                let (flag, name) = if ike {
+                    ("--ike", &case.site[0].name)
+                } else {
+                    ("--child", &case.site[0].child)
+                };
+                let out = site.swanctl(&["--rekey", flag, name], Duration::from_secs(10))?;
+                ensure!(
+                    out.success(),
+                    "swanctl --rekey failed: {}",
+                    one_line(&out.text)
+                );
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(())
+            })();
+            lab::unblock(&lab.site_ns)?;
+            acted?;
+            // Long enough for a redundant IKE SA the site never completed to
+            // be deleted by the hub (5 s grace, then its DELETE times out).
+            lab::eventually(Duration::from_secs(30), || {
+                let now = site.list_sas()?;
+                let sa = now
+                    .iter()
+                    .find(|s| s.conn == before.conn)
+                    .ok_or_else(|| anyhow!("the site lost its IKE SA"))?;
+                if ike {
+                    ensure!(
+                        sa.spi_i != before.spi_i || sa.spi_r != before.spi_r,
+                        "the IKE SA was not rekeyed"
+                    );
+                } else {
+                    ensure!(
+                        sa.children
+                            .iter()
+                            .all(|c| before.children.iter().all(|b| b.spi_in != c.spi_in)),
+                        "the child SA was not rekeyed"
+                    );
+                }
+                let st = hub.status()?;
+                check(case, &now, &st, hub.typed_ids(), &said)?;
+                if let Some(counters) = &st.counters {
+                    let n = counter(counters, "rekey_collisions")?;
+                    ensure!(
+                        n >= 1,
+                        "the hub saw no rekey collision (rekey_collisions = {n})"
+                    );
+                }
+                Ok(())
+            })
+            .context("after the colliding rekeys")?;
+        }
         Flow::SiteVanishes(within) => {
             initiate_all(case, &site, &mut said)?;
             wait_up(case, &site, &mut hub, &said)?;
@@ -744,6 +900,25 @@ fn wait_up(case: &Case, site: &Charon, hub: &mut Hub, said: &str) -> Result<Vec<
         check(case, &sas, &hub.status()?, hub.typed_ids(), said)?;
         Ok(sas)
     })
+}
+
+/// Both sides still hold the IKE SA, and neither holds a child SA.
+fn only_ike_left(site: &[SwanIkeSa], hub: &HubStatus) -> Result<()> {
+    ensure!(
+        site.len() == 1 && site[0].state == "ESTABLISHED",
+        "the site should keep its IKE SA, it lists {}",
+        site.len()
+    );
+    ensure!(
+        site[0].children.iter().all(|c| c.state != "INSTALLED"),
+        "the site still has an installed child SA"
+    );
+    ensure!(
+        hub.ike_sas.len() == 1 && hub.child_sas.is_empty(),
+        "the hub should hold 1 IKE SA and no child SA: {}",
+        describe_hub(hub)
+    );
+    Ok(())
 }
 
 /// The hub holds no SA at all.
@@ -968,7 +1143,10 @@ fn check_tunnel(
     // After an IKE SA rekey, whoever rekeyed is the new SA's original
     // initiator (RFC 7296 §2.18): roles may have swapped; both sides must
     // still agree on them.
-    let roles_may_swap = matches!(case.flow, Flow::Rekey { ike: true, .. });
+    let roles_may_swap = matches!(
+        case.flow,
+        Flow::Rekey { ike: true, .. } | Flow::SimultaneousRekey { ike: true }
+    );
     let hub_initiates = if roles_may_swap {
         !sa.initiator
     } else {
