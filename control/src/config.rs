@@ -47,6 +47,9 @@ pub const DEFAULT_ESP_PROPOSALS: &[&str] = &["aes256gcm16", "aes128gcm16", "aes2
 pub const DEFAULT_IKE_LIFETIME: Duration = Duration::from_secs(4 * 3600);
 /// `child_lifetime` when absent: 1h.
 pub const DEFAULT_CHILD_LIFETIME: Duration = Duration::from_secs(3600);
+/// Smallest `ike.fragment_size`: the datagram every IPv4 host must accept
+/// (RFC 791), which RFC 7383 §2.5.1 names as the conservative choice.
+pub const MIN_FRAGMENT_SIZE: u16 = 576;
 /// strongSwan's customary `dpd_delay`.
 pub const DEFAULT_DPD_DELAY: Duration = Duration::from_secs(30);
 /// Longest lifetime accepted (365 days): far beyond any sane rekey period,
@@ -155,6 +158,11 @@ struct RawIke {
     retransmit_timeout: Option<toml::Value>,
     /// Retransmissions before the peer counts as gone; default 5.
     retransmit_tries: Option<i64>,
+    /// IKE fragmentation (RFC 7383); default on.
+    fragmentation: Option<bool>,
+    /// Largest IP datagram an IKE message may make before it is sent as
+    /// fragments; default 1280 (strongSwan's).
+    fragment_size: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -373,6 +381,20 @@ fn from_table(mut table: toml::Table) -> Result<DaemonConfig> {
     if let Some(v) = ike.retransmit_timeout {
         endpoint.retransmit.timeout =
             parse_lifetime(&v).map_err(|m| FieldError::new("ike.retransmit_timeout", m))?;
+    }
+    if let Some(on) = ike.fragmentation {
+        endpoint.fragmentation = on;
+    }
+    if let Some(n) = ike.fragment_size {
+        endpoint.fragment_size = u16::try_from(n)
+            .ok()
+            .filter(|n| *n >= MIN_FRAGMENT_SIZE)
+            .ok_or_else(|| {
+                FieldError::new(
+                    "ike.fragment_size",
+                    format!("must be {MIN_FRAGMENT_SIZE}..=65535 (bytes of IP datagram), got {n}"),
+                )
+            })?;
     }
     if let Some(n) = ike.retransmit_tries {
         endpoint.retransmit.tries = u32::try_from(n)

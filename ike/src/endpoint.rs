@@ -17,6 +17,7 @@
 //! Logging: the core logs at debug; what an operator needs at info leaves
 //! as an event, and the driver logs it once.
 
+mod fragment;
 mod lifecycle;
 
 use crate::config::{EndpointConfig, TunnelConfig};
@@ -35,6 +36,7 @@ use crate::wire::{
     TrafficSelector, Ts,
 };
 use anyhub_crypto::{prf, secret::ct_eq, Rng};
+use fragment::{max_message_len, Collected, Reassembly};
 use lifecycle::{queue, Pending, Task};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -91,6 +93,10 @@ counters! {
     child_sa_established,
     /// Both sides rekeyed the same SA at once (RFC 7296 §2.8.1, §2.8.2).
     rekey_collisions,
+    /// Authenticated IKE fragments received (RFC 7383).
+    rx_fragments,
+    /// Messages we sent as fragments.
+    tx_fragmented,
 }
 
 /// Why [`Endpoint::initiate`] refused.
@@ -167,7 +173,8 @@ enum Phase {
 
 struct Outstanding {
     msg_id: u32,
-    bytes: Vec<u8>,
+    /// The request as sent: one datagram, or its fragments (RFC 7383).
+    datagrams: Vec<Vec<u8>>,
     tries: u32,
     next_at: Instant,
     /// What the request was, to interpret its answer.
@@ -216,7 +223,9 @@ struct IkeSa {
     next_request_id: u32,
     outstanding: Option<Outstanding>,
     next_peer_request_id: u32,
-    last_response: Option<(u32, Vec<u8>)>,
+    /// Our answer to the peer's last request, as sent (one datagram or its
+    /// fragments), for retransmitted requests (§2.1).
+    last_response: Option<(u32, Vec<Vec<u8>>)>,
     /// SHA-1 of the request `last_response` answers, to recognise its
     /// retransmissions.
     last_request_hash: Option<[u8; 20]>,
@@ -243,6 +252,10 @@ struct IkeSa {
     /// The peer rekeyed this IKE SA into this one while our own rekey was
     /// in flight (§2.8.2), with the lowest nonce of its exchange.
     rekey_collision: Option<(IkeSaHandle, Vec<u8>)>,
+    /// Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 §2.3).
+    fragmentation: bool,
+    /// Fragments of the peer's current message.
+    reassembly: Option<Reassembly>,
 }
 
 impl IkeSa {
@@ -293,6 +306,8 @@ impl IkeSa {
             retry_at: None,
             origin: None,
             rekey_collision: None,
+            fragmentation: false,
+            reassembly: None,
         }
     }
 
@@ -728,9 +743,9 @@ impl Endpoint {
                     }
                     o.tries += 1;
                     o.next_at = now + retransmit_delay(r.timeout, r.base, o.tries);
-                    let bytes = o.bytes.clone();
+                    let datagrams = o.datagrams.clone();
                     self.counters.tx_retransmits += 1;
-                    self.send(&sa, bytes);
+                    self.send_all(&sa, datagrams);
                 }
             }
             if let Some((t, task)) = sa.retry_at {
@@ -896,6 +911,10 @@ impl Endpoint {
                 .iter()
                 .any(|d| d[..] == nat_detection_hash(spi_i, 0, local));
         let peer_natd = !nat_src.is_empty() || !nat_dst.is_empty();
+        let fragmentation = self.config.fragmentation
+            && msg.payloads.iter().any(|p| {
+                matches!(p, Payload::Notify(n) if n.ty == NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
+            });
 
         let handle = self.new_handle();
         let mut sa = IkeSa {
@@ -911,6 +930,7 @@ impl Endpoint {
             nat_remote,
             next_peer_request_id: 1,
             deadline: Some(now + self.config.half_open_timeout),
+            fragmentation,
             ..IkeSa::blank(handle, false, local, remote, Phase::ResponderAwaitAuth, now)
         };
         let mut payloads = vec![
@@ -923,6 +943,12 @@ impl Endpoint {
             }),
             Payload::Nonce(Nonce(nonce_r)),
         ];
+        if fragmentation {
+            payloads.push(Payload::Notify(notify(
+                NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,
+                vec![],
+            )));
+        }
         if peer_natd {
             payloads.push(Payload::Notify(notify(
                 NotifyType::NAT_DETECTION_SOURCE_IP,
@@ -940,7 +966,7 @@ impl Endpoint {
         }
         .emit();
         sa.init_response = out.clone();
-        sa.last_response = Some((0, out.clone()));
+        sa.last_response = Some((0, vec![out.clone()]));
         self.send(&sa, out);
         self.by_spi.insert(spi_r, handle);
         self.half_open.insert((spi_i, remote), handle);
@@ -965,21 +991,25 @@ impl Endpoint {
         // Window size 1 (we never send SET_WINDOW_SIZE): the previous request
         // gets its cached answer again, anything else is out of window.
         if id.wrapping_add(1) == sa.next_peer_request_id {
-            if let Some((rid, bytes)) = &sa.last_response {
+            if let Some((rid, datagrams)) = &sa.last_response {
                 // Replay only for the very request we answered, or one that
                 // authenticates: a forged copy must not make us a reflector.
+                // Of a fragmented request only fragment 1 triggers it, so one
+                // retransmitted request gets one answer (RFC 7383 §2.6.1).
                 let same = sa.last_request_hash == Some(prf::sha1(&[data]));
-                if *rid == id && (same || self.open(sa, data, &msg).is_some()) {
+                if *rid == id && (same || self.authentic_first_part(sa, data, &msg)) {
                     self.counters.rx_retransmits += 1;
-                    let bytes = bytes.clone();
+                    let datagrams = datagrams.clone();
                     // Answer where the retransmission came from (it may have
                     // floated to the NAT-T port meanwhile).
-                    self.transmits.push_back(Transmit {
-                        local,
-                        remote,
-                        natt: local.port() == self.config.natt_port,
-                        payload: bytes,
-                    });
+                    for payload in datagrams {
+                        self.transmits.push_back(Transmit {
+                            local,
+                            remote,
+                            natt: local.port() == self.config.natt_port,
+                            payload,
+                        });
+                    }
                     return true;
                 }
             }
@@ -1455,6 +1485,9 @@ impl Endpoint {
         sa.spi_r = msg.header.spi_r;
         sa.nonce_r = nonce.0.clone();
         sa.init_response = data.to_vec();
+        sa.fragmentation = msg.payloads.iter().any(|p| {
+            matches!(p, Payload::Notify(n) if n.ty == NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
+        });
         let keys = IkeKeys::derive(suite, &shared, &sa.nonce_i, &sa.nonce_r, sa.spi_i, sa.spi_r);
         let Some(sk) = SkCrypto::new(&keys) else {
             return self.fail(sa, SaEndReason::NoProposalChosen);
@@ -1671,6 +1704,12 @@ impl Endpoint {
             data: dh.public().to_vec(),
         }));
         payloads.push(Payload::Nonce(Nonce(sa.nonce_i.clone())));
+        if self.config.fragmentation {
+            payloads.push(Payload::Notify(notify(
+                NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,
+                vec![],
+            )));
+        }
         payloads.push(Payload::Notify(notify(
             NotifyType::NAT_DETECTION_SOURCE_IP,
             nat_detection_hash(sa.spi_i, 0, sa.local).to_vec(),
@@ -1690,7 +1729,7 @@ impl Endpoint {
         let next_at = now + self.config.retransmit.timeout;
         sa.outstanding = Some(Outstanding::new(
             0,
-            bytes.clone(),
+            vec![bytes.clone()],
             next_at,
             Pending::Handshake,
         ));
@@ -1708,14 +1747,15 @@ impl Endpoint {
         let msg_id = sa.next_request_id;
         sa.next_request_id += 1;
         let header = sa.header(exchange, msg_id, false);
-        let bytes = sa
-            .sk
-            .as_mut()
-            .expect("keys before encrypted exchanges")
-            .seal(sa.initiator, &header, &payloads, &mut *self.rng);
+        let datagrams = self.protect(sa, &header, &payloads);
         let next_at = now + self.config.retransmit.timeout;
-        sa.outstanding = Some(Outstanding::new(msg_id, bytes.clone(), next_at, pending));
-        self.send(sa, bytes);
+        sa.outstanding = Some(Outstanding::new(
+            msg_id,
+            datagrams.clone(),
+            next_at,
+            pending,
+        ));
+        self.send_all(sa, datagrams);
     }
 
     /// Sends an encrypted response and keeps it for retransmitted requests.
@@ -1727,48 +1767,127 @@ impl Endpoint {
         payloads: Vec<Payload>,
     ) {
         let header = sa.header(exchange, msg_id, true);
-        let bytes = sa
-            .sk
-            .as_mut()
-            .expect("keys before encrypted exchanges")
-            .seal(sa.initiator, &header, &payloads, &mut *self.rng);
-        sa.last_response = Some((msg_id, bytes.clone()));
-        self.send(sa, bytes);
+        let datagrams = self.protect(sa, &header, &payloads);
+        sa.last_response = Some((msg_id, datagrams.clone()));
+        self.send_all(sa, datagrams);
     }
 
-    /// Decrypts a protected message from the peer, counting failures.
-    fn open(&mut self, sa: &IkeSa, data: &[u8], msg: &Message) -> Option<Vec<Payload>> {
+    /// Encrypts an IKE message for `sa`'s peer: one datagram, or RFC 7383
+    /// fragments when both sides support them and it would not fit the
+    /// configured datagram size.
+    fn protect(&mut self, sa: &mut IkeSa, header: &Header, payloads: &[Payload]) -> Vec<Vec<u8>> {
+        let sk = sa.sk.as_mut().expect("keys before encrypted exchanges");
+        if !sa.fragmentation {
+            return vec![sk.seal(sa.initiator, header, payloads, &mut *self.rng)];
+        }
+        let natt = sa.local.port() == self.config.natt_port;
+        let max = max_message_len(self.config.fragment_size, sa.remote, natt);
+        let datagrams = sk.seal_datagrams(sa.initiator, header, payloads, max, &mut *self.rng);
+        if datagrams.len() > 1 {
+            self.counters.tx_fragmented += 1;
+        }
+        datagrams
+    }
+
+    /// Whether a retransmitted request is really the peer's: its SK payload,
+    /// or its fragment number 1, authenticates.
+    fn authentic_first_part(&mut self, sa: &IkeSa, data: &[u8], msg: &Message) -> bool {
+        let Some(sk) = sa.sk.as_ref() else {
+            return false;
+        };
+        match &msg.encrypted {
+            Some(Encrypted::Sk { aad_len, body, .. })
+            | Some(Encrypted::Skf {
+                fragment_number: 1,
+                aad_len,
+                body,
+                ..
+            }) => match sk.open_raw(msg.header.flags.initiator(), data, *aad_len, body.clone()) {
+                Ok(_) => true,
+                Err(OpenError::Integrity) => {
+                    self.counters.rx_decrypt_failed += 1;
+                    false
+                }
+                Err(_) => {
+                    self.counters.rx_malformed += 1;
+                    false
+                }
+            },
+            _ => false,
+        }
+    }
+
+    /// Decrypts a protected message from the peer, counting failures. A
+    /// fragment (RFC 7383) is authenticated and kept; the call that
+    /// completes the message returns all of it, the others `None`.
+    fn open(&mut self, sa: &mut IkeSa, data: &[u8], msg: &Message) -> Option<Vec<Payload>> {
         let Some(sk) = sa.sk.as_ref() else {
             self.counters.rx_dropped += 1;
             return None;
+        };
+        let from_initiator = msg.header.flags.initiator();
+        let failed = |c: &mut Counters, e: OpenError| match e {
+            OpenError::Integrity => c.rx_decrypt_failed += 1,
+            OpenError::Malformed | OpenError::Payloads(_) => c.rx_malformed += 1,
         };
         match &msg.encrypted {
             Some(Encrypted::Sk {
                 first_inner,
                 aad_len,
                 body,
+            }) => match sk.open(from_initiator, data, *first_inner, *aad_len, body.clone()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    failed(&mut self.counters, e);
+                    None
+                }
+            },
+            Some(Encrypted::Skf {
+                first_inner,
+                fragment_number,
+                total_fragments,
+                aad_len,
+                body,
             }) => {
-                match sk.open(
-                    msg.header.flags.initiator(),
-                    data,
-                    *first_inner,
-                    *aad_len,
-                    body.clone(),
-                ) {
-                    Ok(p) => Some(p),
-                    Err(OpenError::Integrity) => {
-                        self.counters.rx_decrypt_failed += 1;
-                        None
+                // §2.5: only a peer that announced support may fragment.
+                if !sa.fragmentation {
+                    self.counters.rx_dropped += 1;
+                    return None;
+                }
+                let plain = match sk.open_raw(from_initiator, data, *aad_len, body.clone()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed(&mut self.counters, e);
+                        return None;
                     }
-                    Err(OpenError::Malformed | OpenError::Payloads(_)) => {
-                        self.counters.rx_malformed += 1;
+                };
+                self.counters.rx_fragments += 1;
+                match Reassembly::collect(
+                    &mut sa.reassembly,
+                    msg.header.message_id,
+                    msg.header.flags.response(),
+                    *fragment_number,
+                    *total_fragments,
+                    *first_inner,
+                    plain,
+                ) {
+                    Collected::Complete(first, whole) => {
+                        match crate::wire::parse_payloads(first, &whole) {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                self.counters.rx_malformed += 1;
+                                None
+                            }
+                        }
+                    }
+                    Collected::Pending => None,
+                    Collected::Dropped => {
+                        self.counters.rx_dropped += 1;
                         None
                     }
                 }
             }
-            // Fragments (RFC 7383) are reassembled once fragmentation lands;
-            // until then they are counted and dropped.
-            Some(Encrypted::Skf { .. }) | None => {
+            None => {
                 self.counters.rx_dropped += 1;
                 None
             }
@@ -1871,6 +1990,12 @@ impl Endpoint {
     fn send(&mut self, sa: &IkeSa, payload: Vec<u8>) {
         let t = self.transmit_for(sa, payload);
         self.transmits.push_back(t);
+    }
+
+    fn send_all(&mut self, sa: &IkeSa, datagrams: Vec<Vec<u8>>) {
+        for d in datagrams {
+            self.send(sa, d);
+        }
     }
 
     fn put_back(&mut self, mut sa: IkeSa) {

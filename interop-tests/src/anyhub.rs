@@ -83,7 +83,7 @@ fn tlist(v: &[String]) -> String {
     )
 }
 
-pub fn config_toml(tunnels: &[Tunnel], status_socket: &Path) -> String {
+pub fn config_toml(tunnels: &[Tunnel], status_socket: &Path, ike_extra: &[String]) -> String {
     let mut s = format!(
         "# written by the anyhub interop harness\n\
          [node]\nindex = 1\nname = \"interop-hub\"\n\n\
@@ -93,6 +93,10 @@ pub fn config_toml(tunnels: &[Tunnel], status_socket: &Path) -> String {
         t(HUB_ADDR),
         t(&status_socket.display().to_string()),
     );
+    for l in ike_extra {
+        s += l;
+        s += "\n";
+    }
     for tu in tunnels {
         s += &format!(
             "\n[[tunnel]]\nid = {}\nlocal_id = {}\nremote_id = {}\npsk = {}\n\
@@ -130,10 +134,16 @@ pub struct Anyhubd {
 impl Anyhubd {
     /// Writes `anyhubd.toml` into `dir`, checks it with `--check`, starts
     /// anyhubd in `ns` and waits until `anyhubctl status --json` answers.
-    pub fn start(ns: &str, dir: &Path, bins: &Binaries, tunnels: &[Tunnel]) -> Result<Anyhubd> {
+    pub fn start(
+        ns: &str,
+        dir: &Path,
+        bins: &Binaries,
+        tunnels: &[Tunnel],
+        ike_extra: &[String],
+    ) -> Result<Anyhubd> {
         let socket = dir.join("anyhubd.sock");
         let config = dir.join("anyhubd.toml");
-        fs::write(&config, config_toml(tunnels, &socket))?;
+        fs::write(&config, config_toml(tunnels, &socket, ike_extra))?;
 
         let mut check = Command::new(&bins.anyhubd);
         check.arg("--config").arg(&config).arg("--check");
@@ -425,6 +435,7 @@ mod tests {
                 extra: vec![],
             }],
             Path::new("/tmp/x.sock"),
+            &[],
         );
         assert!(s.contains("[[tunnel]]\nid = \"site-a\"\n"));
         assert!(s.contains("psk = \"p\\\"q\"\n"));

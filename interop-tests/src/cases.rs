@@ -104,6 +104,12 @@ pub struct Case {
     /// Why the strongSwan stand-in hub of `interop selfcheck` cannot play
     /// this case, if it cannot.
     pub anyhub_only: Option<&'static str>,
+    /// Extra `charon { … }` settings for the site's strongswan.conf.
+    pub site_charon: Vec<String>,
+    /// Extra `[ike]` lines for anyhubd's config.
+    pub hub_ike: Vec<String>,
+    /// Counters anyhubd must end with at least these values.
+    pub hub_counters_min: Vec<(&'static str, u64)>,
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -169,6 +175,9 @@ impl Case {
             expect: Expect::Up(vec![Up::new(DEFAULT_IKE, DEFAULT_ESP)]),
             site_log: Vec::new(),
             anyhub_only: None,
+            site_charon: Vec::new(),
+            hub_ike: Vec::new(),
+            hub_counters_min: Vec::new(),
         }
     }
 
@@ -409,6 +418,26 @@ pub fn all() -> Vec<Case> {
     gone.anyhub_only = stand_in;
     cases.push(gone);
 
+    // IKE fragmentation (RFC 7383) both ways: 24 selectors a side make an
+    // IKE_AUTH of about 1 KiB; both sides send at most 576-byte datagrams.
+    let site_nets: Vec<String> = (0..24).map(|i| format!("10.10.{i}.0/24")).collect();
+    let hub_nets: Vec<String> = (0..24).map(|i| format!("10.20.{i}.0/24")).collect();
+    let mut frag = Case::basic("frag-ike-auth");
+    frag.site[0].local_ts = site_nets.clone();
+    frag.site[0].remote_ts = hub_nets.clone();
+    frag.hub[0].local_ts = hub_nets.clone();
+    frag.hub[0].remote_ts = site_nets.clone();
+    frag.up_mut().local_ts = site_nets;
+    frag.up_mut().remote_ts = hub_nets;
+    frag.site_charon = vec!["fragment_size = 576".into()];
+    frag.hub_ike = vec!["fragment_size = 576".into()];
+    frag.hub_counters_min = vec![("rx_fragments", 2), ("tx_fragmented", 1)];
+    frag.anyhub_only = stand_in;
+    cases.push(
+        frag.site_log("splitting IKE message")
+            .site_log("reassembled fragmented IKE message"),
+    );
+
     // Deletes by the operator, child-only deletes, colliding rekeys.
     for (name, ike) in [
         ("delete-by-anyhub", true),
@@ -463,11 +492,15 @@ enum Hub {
 }
 
 impl Hub {
-    fn start(kind: HubKind, lab: &Lab, tunnels: &[Tunnel]) -> Result<Hub> {
+    fn start(kind: HubKind, lab: &Lab, tunnels: &[Tunnel], ike_extra: &[String]) -> Result<Hub> {
         Ok(match kind {
-            HubKind::Anyhub(bins) => {
-                Hub::Anyhub(Anyhubd::start(&lab.hub_ns, &lab.hub_dir(), bins, tunnels)?)
-            }
+            HubKind::Anyhub(bins) => Hub::Anyhub(Anyhubd::start(
+                &lab.hub_ns,
+                &lab.hub_dir(),
+                bins,
+                tunnels,
+                ike_extra,
+            )?),
             HubKind::StrongSwan => {
                 let charon = Charon::start(&lab.hub_ns, &lab.hub_dir())
                     .context("starting the stand-in hub's charon")?;
@@ -663,10 +696,10 @@ pub fn demo_case() -> Case {
 /// Starts both sides, runs the flow, checks the expectation. With `show`,
 /// prints `swanctl --list-sas` and the hub's status at the end.
 fn drive(case: &Case, kind: HubKind, lab: &Lab, show: bool) -> Result<()> {
-    let mut site =
-        Charon::start(&lab.site_ns, &lab.site_dir()).context("starting the site's charon")?;
+    let mut site = Charon::start_with(&lab.site_ns, &lab.site_dir(), &case.site_charon)
+        .context("starting the site's charon")?;
     site.load(&case.site).context("site")?;
-    let mut hub = Hub::start(kind, lab, &case.hub)?;
+    let mut hub = Hub::start(kind, lab, &case.hub, &case.hub_ike)?;
 
     let mut said = String::new();
     match case.flow {
@@ -985,6 +1018,12 @@ fn verify(case: &Case, site: &mut Charon, hub: &mut Hub, said: &str) -> Result<(
         site.alive()?;
         check(case, &site.list_sas()?, &hub.status()?, typed, said)
     })?;
+    if let Some(counters) = hub.status()?.counters {
+        for (name, min) in &case.hub_counters_min {
+            let n = counter(&counters, name)?;
+            ensure!(n >= *min, "hub counter {name} = {n}, expected at least {min}");
+        }
+    }
     if !case.site_log.is_empty() {
         let log = std::fs::read_to_string(site.log()).unwrap_or_default();
         for evidence in &case.site_log {

@@ -136,12 +136,14 @@ pub fn swanctl_conf(conns: &[SwanConn]) -> String {
     s
 }
 
-fn strongswan_conf(dir: &Path) -> String {
+fn strongswan_conf(dir: &Path, extra: &[String]) -> String {
+    let extra: String = extra.iter().map(|l| format!("  {l}\n")).collect();
     format!(
         "# written by the anyhub interop harness\n\
          charon {{\n  load_modular = no\n  load = {PLUGINS}\n\
          \x20 # fail fast: ~4 s until a dead peer is given up\n\
          \x20 retransmit_tries = 2\n  retransmit_timeout = 1.0\n  retransmit_base = 1.4\n\
+         {extra}\
          \x20 filelog {{\n    harness {{\n      path = {log}\n      append = yes\n      \
          time_format = %T\n      flush_line = yes\n      default = 1\n      ike = 2\n      \
          cfg = 2\n      net = 1\n      enc = 1\n    }}\n  }}\n\
@@ -176,12 +178,18 @@ impl Charon {
     /// private /run (its pid file path is fixed) and waits for its vici
     /// socket to answer.
     pub fn start(ns: &str, dir: &Path) -> Result<Charon> {
+        Charon::start_with(ns, dir, &[])
+    }
+
+    /// [`Charon::start`] with extra `charon { … }` settings (e.g.
+    /// `fragment_size = 576`).
+    pub fn start_with(ns: &str, dir: &Path, extra: &[String]) -> Result<Charon> {
         let mut charon = Charon {
             ns: ns.to_string(),
             dir: dir.to_path_buf(),
             proc: None,
         };
-        fs::write(dir.join("strongswan.conf"), strongswan_conf(dir))?;
+        fs::write(dir.join("strongswan.conf"), strongswan_conf(dir, extra))?;
         charon.spawn()?;
         Ok(charon)
     }

@@ -1152,13 +1152,13 @@ impl ChildState {
 impl Outstanding {
     pub(super) fn new(
         msg_id: u32,
-        bytes: Vec<u8>,
+        datagrams: Vec<Vec<u8>>,
         next_at: Instant,
         pending: Pending,
     ) -> Outstanding {
         Outstanding {
             msg_id,
-            bytes,
+            datagrams,
             tries: 0,
             next_at,
             pending,
