@@ -414,6 +414,16 @@ fn log_event(event: &Event) {
             rekey_of = %c.rekey_of.map(|o| format!("{o:08x}")).unwrap_or_else(|| "-".into()),
             "child SA established"
         ),
+        Event::IkeSaMoved {
+            handle,
+            local,
+            remote,
+        } => tracing::info!(
+            handle = handle.0,
+            local = %local,
+            remote = %remote,
+            "peer moved (NAT mapping changed)"
+        ),
         Event::IkeSaRekeyed { old, new } => tracing::info!(
             tunnel = %tunnel(&new.tunnel),
             spi_i = %format_args!("{:016x}", new.spi_i),

@@ -98,6 +98,12 @@ impl SaTable {
             // The children live on under the new IKE SA (RFC 7296 §2.18);
             // the old one's IkeSaDeleted then finds none left to remove.
             Event::IkeSaRekeyed { old, new } => Change::Moved(self.move_ike_sa(old, new.handle)),
+            // The peer's NAT mapping changed: its ESP goes to the new address.
+            Event::IkeSaMoved {
+                handle,
+                local,
+                remote,
+            } => Change::Moved(self.readdress(handle, local, remote)),
             Event::IkeSaEstablished(_) | Event::ChildSaFailed { .. } => Change::None,
         }
     }
@@ -115,6 +121,18 @@ impl SaTable {
                 },
             )
             .is_some()
+    }
+
+    /// Points every child SA of IKE SA `ike` at new outer addresses; returns
+    /// how many.
+    pub fn readdress(&mut self, ike: IkeSaHandle, local: SocketAddr, remote: SocketAddr) -> usize {
+        let mut n = 0;
+        for i in self.by_spi_in.values_mut().filter(|i| i.child.ike == ike) {
+            i.child.local = local;
+            i.child.remote = remote;
+            n += 1;
+        }
+        n
     }
 
     /// Re-parents every child SA of IKE SA `old` to `new`; returns how many.

@@ -89,6 +89,9 @@ pub struct EndpointConfig {
     /// The largest IP datagram an IKE message of ours may make; longer
     /// encrypted messages go as fragments (strongSwan's `fragment_size`).
     pub fragment_size: u16,
+    /// Behind a NAT, send a NAT keepalive (RFC 3948 §2.3) on the NAT-T port
+    /// this often, to keep the mapping; `None` switches them off.
+    pub nat_keepalive: Option<Duration>,
     /// The local port that carries IKE with the non-ESP marker (RFC 3948);
     /// transmits from it are flagged [`crate::Transmit::natt`].
     pub natt_port: u16,
@@ -105,6 +108,7 @@ impl EndpointConfig {
             natt_port: 4500,
             fragmentation: true,
             fragment_size: 1280,
+            nat_keepalive: Some(Duration::from_secs(20)),
         }
     }
 

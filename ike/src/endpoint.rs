@@ -97,6 +97,13 @@ counters! {
     rx_fragments,
     /// Messages we sent as fragments.
     tx_fragmented,
+    /// Authenticated messages from a new address we did not follow (no NAT
+    /// between us, §2.23).
+    rx_address_ignored,
+    /// A peer behind a NAT moved to a new mapping, and its SAs with it.
+    peer_moved,
+    /// NAT keepalives sent (RFC 3948 §2.3).
+    tx_keepalives,
 }
 
 /// Why [`Endpoint::initiate`] refused.
@@ -256,6 +263,8 @@ struct IkeSa {
     fragmentation: bool,
     /// Fragments of the peer's current message.
     reassembly: Option<Reassembly>,
+    /// When we last sent a NAT keepalive (we are behind a NAT).
+    last_keepalive: Option<Instant>,
 }
 
 impl IkeSa {
@@ -308,6 +317,7 @@ impl IkeSa {
             rekey_collision: None,
             fragmentation: false,
             reassembly: None,
+            last_keepalive: None,
         }
     }
 
@@ -364,7 +374,11 @@ impl IkeSa {
         }
     }
 
-    fn next_timer(&self, dpd_due: Option<Instant>) -> Option<Instant> {
+    fn next_timer(
+        &self,
+        dpd_due: Option<Instant>,
+        keepalive_due: Option<Instant>,
+    ) -> Option<Instant> {
         let children = self
             .children
             .iter()
@@ -377,6 +391,7 @@ impl IkeSa {
             self.expire_at,
             self.superseded_at,
             self.retry_at.map(|(t, _)| t),
+            keepalive_due,
             dpd_due,
         ]
         .into_iter()
@@ -1023,10 +1038,7 @@ impl Endpoint {
         let Some(payloads) = self.open(sa, data, &msg) else {
             return true;
         };
-        // An authenticated message: follow the peer to its current address
-        // (it floats to the NAT-T port, or its NAT mapping changed, §2.23).
-        sa.local = local;
-        sa.remote = remote;
+        self.follow_peer(sa, local, remote);
         sa.next_peer_request_id = id.wrapping_add(1);
         sa.last_request_hash = Some(prf::sha1(&[data]));
         sa.last_heard = now;
@@ -1338,8 +1350,8 @@ impl Endpoint {
         &mut self,
         now: Instant,
         sa: &mut IkeSa,
-        _local: SocketAddr,
-        _remote: SocketAddr,
+        local: SocketAddr,
+        remote: SocketAddr,
         data: &[u8],
         msg: Message,
     ) -> bool {
@@ -1362,6 +1374,7 @@ impl Endpoint {
                 let Some(payloads) = self.open(sa, data, &msg) else {
                     return true;
                 };
+                self.follow_peer(sa, local, remote);
                 sa.last_heard = now;
                 let Some(out) = sa.outstanding.take() else {
                     return true;
@@ -1974,6 +1987,33 @@ impl Endpoint {
         false
     }
 
+    /// An authenticated message came from `remote` to `local` (§2.23): a
+    /// peer behind a NAT is followed to its new mapping, and any peer that
+    /// floats to the NAT-T port; otherwise the SA keeps its addresses (an
+    /// address change without a NAT would need MOBIKE, RFC 4555). Child
+    /// SAs move with the IKE SA ([`Event::IkeSaMoved`]).
+    fn follow_peer(&mut self, sa: &mut IkeSa, local: SocketAddr, remote: SocketAddr) {
+        if (sa.local, sa.remote) == (local, remote) {
+            return;
+        }
+        let float = remote.ip() == sa.remote.ip() && local.port() == self.config.natt_port;
+        if !(sa.nat_remote || sa.nat_local || float) {
+            self.counters.rx_address_ignored += 1;
+            return;
+        }
+        tracing::debug!(handle = sa.handle.0, from = %sa.remote, to = %remote, "peer moved");
+        sa.local = local;
+        sa.remote = remote;
+        if matches!(sa.phase, Phase::Established | Phase::Deleting) {
+            self.counters.peer_moved += 1;
+            self.events.push_back(Event::IkeSaMoved {
+                handle: sa.handle,
+                local,
+                remote,
+            });
+        }
+    }
+
     fn uses_encap(&self, sa: &IkeSa) -> bool {
         sa.nat_local || sa.nat_remote || sa.local.port() == self.config.natt_port
     }
@@ -1999,7 +2039,7 @@ impl Endpoint {
     }
 
     fn put_back(&mut self, mut sa: IkeSa) {
-        let next = sa.next_timer(self.dpd_due(&sa));
+        let next = sa.next_timer(self.dpd_due(&sa), self.keepalive_due(&sa));
         if sa.scheduled != next {
             if let Some(old) = sa.scheduled {
                 self.timers.remove(&(old, sa.handle));

@@ -136,6 +136,13 @@ pub enum Event {
         old: IkeSaHandle,
         new: IkeSaInfo,
     },
+    /// The peer (behind a NAT whose mapping changed, RFC 7296 §2.23) now
+    /// talks from `remote`: the IKE SA and its child SAs' ESP go there.
+    IkeSaMoved {
+        handle: IkeSaHandle,
+        local: SocketAddr,
+        remote: SocketAddr,
+    },
     IkeSaDeleted {
         info: IkeSaInfo,
         reason: SaEndReason,

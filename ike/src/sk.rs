@@ -127,7 +127,11 @@ impl SkCrypto {
             .map(|(i, chunk)| {
                 let number = i as u16 + 1;
                 // Only fragment 1 names the first inner payload (§2.5).
-                let first_inner = if number == 1 { first } else { PayloadType::NONE };
+                let first_inner = if number == 1 {
+                    first
+                } else {
+                    PayloadType::NONE
+                };
                 self.seal_plain(
                     we_are_initiator,
                     header,

@@ -1021,7 +1021,10 @@ fn verify(case: &Case, site: &mut Charon, hub: &mut Hub, said: &str) -> Result<(
     if let Some(counters) = hub.status()?.counters {
         for (name, min) in &case.hub_counters_min {
             let n = counter(&counters, name)?;
-            ensure!(n >= *min, "hub counter {name} = {n}, expected at least {min}");
+            ensure!(
+                n >= *min,
+                "hub counter {name} = {n}, expected at least {min}"
+            );
         }
     }
     if !case.site_log.is_empty() {

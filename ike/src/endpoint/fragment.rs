@@ -117,13 +117,7 @@ pub(super) fn max_message_len(fragment_size: u16, remote: SocketAddr, natt: bool
 mod tests {
     use super::*;
 
-    fn frag(
-        slot: &mut Option<Reassembly>,
-        id: u32,
-        n: u16,
-        total: u16,
-        data: &[u8],
-    ) -> Collected {
+    fn frag(slot: &mut Option<Reassembly>, id: u32, n: u16, total: u16, data: &[u8]) -> Collected {
         Reassembly::collect(slot, id, false, n, total, PayloadType(35), data.to_vec())
     }
 

@@ -64,6 +64,9 @@ pub(super) enum Pending {
 /// After an IKE SA rekey, how long the old SA waits for the peer's DELETE
 /// before we delete it ourselves.
 const SUPERSEDED_GRACE: Duration = Duration::from_secs(30);
+/// A NAT keepalive's one octet (RFC 3948 §2.3).
+pub const NAT_KEEPALIVE: u8 = 0xff;
+
 /// After a rekey collision we won, how long the peer's redundant IKE SA
 /// waits for the peer's DELETE before we delete it.
 const REDUNDANT_GRACE: Duration = Duration::from_secs(5);
@@ -121,7 +124,31 @@ impl Endpoint {
                 queue(&mut sa.tasks, Task::Dpd);
             }
         }
+        if self.keepalive_due(sa).is_some_and(|t| t <= now) {
+            // One 0xFF octet, without the non-ESP marker (RFC 3948 §2.3).
+            sa.last_keepalive = Some(now);
+            self.counters.tx_keepalives += 1;
+            self.transmits.push_back(crate::Transmit {
+                local: sa.local,
+                remote: sa.remote,
+                natt: false,
+                payload: vec![NAT_KEEPALIVE],
+            });
+        }
         true
+    }
+
+    /// When the next NAT keepalive is due: only behind a NAT, on the NAT-T
+    /// port, established (RFC 3948 §2.3).
+    pub(super) fn keepalive_due(&self, sa: &IkeSa) -> Option<Instant> {
+        let interval = self.config.nat_keepalive?;
+        if !sa.nat_local
+            || sa.local.port() != self.config.natt_port
+            || !matches!(sa.phase, Phase::Established)
+        {
+            return None;
+        }
+        Some(sa.last_keepalive.or(sa.established_at)? + interval)
     }
 
     /// When the next liveness check is due, if one can be.

@@ -147,6 +147,11 @@ pub struct Pair {
     pub loss: LossFn,
     /// A is behind a NAT: B sees A's datagrams from NAT_IP.
     pub nat: bool,
+    /// The NAT gives A's port p the public port `nat_base + p`.
+    pub nat_base: u16,
+    /// NAT keepalives (RFC 3948 §2.3) each side sent; the driver filters
+    /// them, so they are counted here, not delivered.
+    pub keepalives: [usize; 2],
 }
 
 impl Pair {
@@ -160,6 +165,8 @@ impl Pair {
             sent: vec![],
             loss: Box::new(|_, _, _| false),
             nat: false,
+            nat_base: 10_000,
+            keepalives: [0, 0],
         }
     }
 
@@ -225,12 +232,17 @@ impl Pair {
         if (self.loss)(i, from, &t) {
             return;
         }
+        if !t.natt && t.payload == [0xff] {
+            assert_eq!(t.local.port(), 4500, "keepalives go on the NAT-T port");
+            self.keepalives[from as usize] += 1;
+            return;
+        }
         match from {
             Side::A => {
                 assert_eq!(t.remote.ip(), B_IP.parse::<IpAddr>().unwrap());
                 assert_eq!(t.natt, t.local.port() == 4500);
                 let seen_from = if self.nat {
-                    addr(NAT_IP, 10_000 + t.local.port())
+                    addr(NAT_IP, self.nat_base + t.local.port())
                 } else {
                     t.local
                 };
@@ -239,7 +251,7 @@ impl Pair {
             Side::B => {
                 let (to, local) = if self.nat {
                     assert_eq!(t.remote.ip(), NAT_IP.parse::<IpAddr>().unwrap());
-                    (addr(A_IP, t.remote.port() - 10_000), t.local)
+                    (addr(A_IP, t.remote.port() - self.nat_base), t.local)
                 } else {
                     (t.remote, t.local)
                 };
