@@ -1,11 +1,15 @@
 //! anyhub's dataplane.
 //!
-//! For now only [`sadb`]: the child SAs the IKE endpoint established, kept
-//! in memory for status. Userspace ESP/GRE over TUN lands here next, behind
-//! the same table.
+//! - [`esp`]: ESP in tunnel mode (RFC 4303), ESP-in-UDP (RFC 3948), the
+//!   anti-replay window and the fleet-wide IV scheme; sans-IO, in place.
+//! - [`sadb`]: the child SAs the IKE endpoint established, for status.
+//! - [`counters`]: packets, bytes and drops by [`DropReason`].
 
 #![deny(unsafe_code)]
 
+pub mod counters;
+pub mod esp;
 pub mod sadb;
 
+pub use counters::DropReason;
 pub use sadb::{Change, SaSummary, SaTable};
