@@ -29,6 +29,9 @@ pub const MAX_WINDOW: u32 = 1 << 16;
 
 const BLOCK_BITS: u64 = 64;
 
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::{AcqRel, Acquire, Release};
+
 /// Why the window refused a sequence number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReplayError {
@@ -64,8 +67,7 @@ impl ReplayWindow {
         if !size.is_power_of_two() || !(MIN_WINDOW..=MAX_WINDOW).contains(&size) {
             return Err(BadWindowSize(size));
         }
-        // Sequence numbers top-W+1 ..= top touch at most W/64 + 1 blocks.
-        let blocks = (size as usize / BLOCK_BITS as usize + 1).next_power_of_two();
+        let blocks = ring_blocks(size);
         Ok(ReplayWindow {
             size: u64::from(size),
             top: 0,
@@ -99,24 +101,7 @@ impl ReplayWindow {
     ///     otherwise                       → Seqh = Th
     /// ```
     pub fn infer_esn(&self, seq_lo: u32) -> Option<u64> {
-        let th = (self.top >> 32) as u32;
-        let tl = self.top as u32;
-        let w = self.size as u32;
-        let bottom = tl.wrapping_sub(w - 1);
-        let seq_hi = if tl >= w - 1 {
-            if seq_lo >= bottom {
-                th
-            } else {
-                th.checked_add(1)?
-            }
-        } else if seq_lo >= bottom {
-            // Before the first 2^32 packets there is no previous subspace:
-            // the number is far ahead in this one.
-            th.checked_sub(1).unwrap_or(th)
-        } else {
-            th
-        };
-        Some(u64::from(seq_hi) << 32 | u64::from(seq_lo))
+        infer_esn(self.top, self.size, seq_lo)
     }
 
     /// Whether `seq` would be accepted, without changing the window.
@@ -167,6 +152,166 @@ impl ReplayWindow {
 
 fn bit(seq: u64) -> u64 {
     1 << (seq % BLOCK_BITS)
+}
+
+/// RFC 4303 Appendix A2.2 for a window of `size` whose top is `top`.
+fn infer_esn(top: u64, size: u64, seq_lo: u32) -> Option<u64> {
+    let th = (top >> 32) as u32;
+    let tl = top as u32;
+    let w = size as u32;
+    let bottom = tl.wrapping_sub(w - 1);
+    let seq_hi = if tl >= w - 1 {
+        if seq_lo >= bottom {
+            th
+        } else {
+            th.checked_add(1)?
+        }
+    } else if seq_lo >= bottom {
+        // Before the first 2^32 packets there is no previous subspace: the
+        // number is far ahead in this one.
+        th.checked_sub(1).unwrap_or(th)
+    } else {
+        th
+    };
+    Some(u64::from(seq_hi) << 32 | u64::from(seq_lo))
+}
+
+fn ring_blocks(size: u32) -> usize {
+    // Sequence numbers top-W+1 ..= top touch at most W/64 + 1 blocks.
+    (size as usize / BLOCK_BITS as usize + 1).next_power_of_two()
+}
+
+/// Sequence numbers per slot of the [`AtomicReplayWindow`] ring.
+const SLOT_SEQS: u64 = 16;
+/// The slot's tag: the low 48 bits of its block number (seq / 16).
+const TAG_MASK: u64 = (1 << 48) - 1;
+
+/// The same window for many workers at once, without a lock: what
+/// [`super::InboundSa`] uses.
+///
+/// Each ring slot is one `AtomicU64` holding a 16-bit bitmap and the
+/// 48-bit number of the block of 16 sequence numbers it currently holds:
+///
+/// ```text
+/// | block tag (48) | bitmap (16) |      slot i holds block b with b ≡ i (mod ring)
+/// ```
+///
+/// Recording a number is one compare-and-swap on its slot: same tag → set
+/// the bit (already set: duplicate); older tag → the slot is recycled for
+/// this block, bitmap = this bit alone; newer tag → the number is too old.
+/// Because recycling and marking are the same atomic step, and a slot's
+/// tag only ever grows, a number can be accepted at most once, whatever the
+/// interleaving of workers. `top` moves with `fetch_max` afterwards and
+/// serves the "left of the window" test and ESN inference.
+///
+/// Tags compare modulo 2^48: wrong only for numbers 2^51 apart (years of
+/// traffic at line rate), and such an ancient number fails the 64-bit
+/// `top` test first. A worker with a stale `top` may accept a number a
+/// little older than W, never one that was accepted before.
+///
+/// (A first version cleared blocks on a window slide and set bits with
+/// `fetch_or`; the threaded test below caught it accepting a number twice
+/// when a worker marked a block another worker had just recycled.)
+#[derive(Debug)]
+pub struct AtomicReplayWindow {
+    size: u64,
+    top: AtomicU64,
+    ring: Box<[AtomicU64]>,
+    mask: u64,
+}
+
+impl AtomicReplayWindow {
+    /// A window of `size` numbers (a power of two, 64..=65536).
+    pub fn new(size: u32) -> Result<AtomicReplayWindow, BadWindowSize> {
+        ReplayWindow::new(size)?;
+        // Numbers top-W+1 ..= top touch at most W/16 + 1 slots.
+        let slots = (size as usize / SLOT_SEQS as usize + 1).next_power_of_two();
+        Ok(AtomicReplayWindow {
+            size: u64::from(size),
+            top: AtomicU64::new(0),
+            ring: (0..slots).map(|_| AtomicU64::new(0)).collect(),
+            mask: slots as u64 - 1,
+        })
+    }
+
+    pub fn size(&self) -> u32 {
+        self.size as u32
+    }
+
+    /// The highest sequence number accepted so far (0: none yet).
+    pub fn top(&self) -> u64 {
+        self.top.load(Acquire)
+    }
+
+    /// As [`ReplayWindow::infer_esn`], from the current top.
+    pub fn infer_esn(&self, seq_lo: u32) -> Option<u64> {
+        infer_esn(self.top(), self.size, seq_lo)
+    }
+
+    /// The test left of the window, and where `seq` lives.
+    #[inline]
+    fn locate(&self, seq: u64) -> Result<(&AtomicU64, u64, u64), ReplayError> {
+        let top = self.top();
+        if seq == 0 || (seq <= top && top - seq >= self.size) {
+            return Err(ReplayError::TooOld);
+        }
+        let block = seq / SLOT_SEQS;
+        let slot = &self.ring[(block & self.mask) as usize];
+        Ok((slot, block & TAG_MASK, 1 << (seq % SLOT_SEQS)))
+    }
+
+    /// Whether `seq` would be accepted now (the check before the ICV).
+    pub fn check(&self, seq: u64) -> Result<(), ReplayError> {
+        let (slot, tag, bit) = self.locate(seq)?;
+        let v = slot.load(Acquire);
+        match tag_order(tag, v >> 16) {
+            TagOrder::Same if v & bit != 0 => Err(ReplayError::Duplicate),
+            TagOrder::Older => Err(ReplayError::TooOld),
+            _ => Ok(()),
+        }
+    }
+
+    /// Records `seq` unless it is too old or already recorded: call once
+    /// the packet's ICV verified.
+    pub fn check_and_update(&self, seq: u64) -> Result<(), ReplayError> {
+        let (slot, tag, bit) = self.locate(seq)?;
+        let mut cur = slot.load(Acquire);
+        loop {
+            let new = match tag_order(tag, cur >> 16) {
+                TagOrder::Same if cur & bit != 0 => return Err(ReplayError::Duplicate),
+                TagOrder::Same => cur | bit,
+                TagOrder::Newer => tag << 16 | bit,
+                TagOrder::Older => return Err(ReplayError::TooOld),
+            };
+            match slot.compare_exchange_weak(cur, new, AcqRel, Acquire) {
+                Ok(_) => break,
+                Err(v) => cur = v,
+            }
+        }
+        self.top.fetch_max(seq, Release);
+        Ok(())
+    }
+}
+
+/// How a number's block compares with the block a slot holds.
+enum TagOrder {
+    Same,
+    /// The number's block is newer: the slot may be recycled for it.
+    Newer,
+    /// The slot already holds a newer block: the number is too old.
+    Older,
+}
+
+#[inline]
+fn tag_order(ours: u64, slot: u64) -> TagOrder {
+    let d = ours.wrapping_sub(slot) & TAG_MASK;
+    if d == 0 {
+        TagOrder::Same
+    } else if d < 1 << 47 {
+        TagOrder::Newer
+    } else {
+        TagOrder::Older
+    }
 }
 
 #[cfg(test)]
@@ -260,10 +405,33 @@ mod tests {
         assert_eq!(w.check(jump), Err(Duplicate));
     }
 
-    /// Every block the window slides over is cleared, for every slide
-    /// distance up to twice the ring: a model check against a set.
+    /// Both windows behind one interface, for the model tests.
+    trait Window {
+        fn accept(&mut self, seq: u64) -> Result<(), ReplayError>;
+    }
+    impl Window for ReplayWindow {
+        fn accept(&mut self, seq: u64) -> Result<(), ReplayError> {
+            accept(self, seq)
+        }
+    }
+    impl Window for AtomicReplayWindow {
+        fn accept(&mut self, seq: u64) -> Result<(), ReplayError> {
+            self.check(seq)?;
+            self.check_and_update(seq)
+        }
+    }
+
     #[test]
     fn matches_a_set_model() {
+        for size in [64, 256, 1024] {
+            set_model(&mut ReplayWindow::new(size).unwrap(), size);
+            set_model(&mut AtomicReplayWindow::new(size).unwrap(), size);
+        }
+    }
+
+    /// Every block the window slides over is cleared, for every slide
+    /// distance up to twice the ring: a model check against a set.
+    fn set_model(w: &mut impl Window, size: u32) {
         use std::collections::BTreeSet;
         let mut rng = anyhub_crypto::SeededRng::new(9);
         let mut next = |m: u64| {
@@ -271,8 +439,7 @@ mod tests {
             anyhub_crypto::Rng::fill(&mut rng, &mut b);
             u64::from_le_bytes(b) % m
         };
-        for size in [64, 256, 1024] {
-            let mut w = ReplayWindow::new(size).unwrap();
+        {
             let size = u64::from(size);
             let mut seen = BTreeSet::new();
             let mut top = 0u64;
@@ -290,15 +457,66 @@ mod tests {
                 } else {
                     Ok(())
                 };
-                assert_eq!(
-                    accept(&mut w, seq),
-                    expect,
-                    "size {size} top {top} seq {seq}"
-                );
+                assert_eq!(w.accept(seq), expect, "size {size} top {top} seq {seq}");
                 if expect.is_ok() {
                     seen.insert(seq);
                     top = top.max(seq);
                 }
+            }
+        }
+    }
+
+    /// Four workers offer the same numbers in different orders: no number
+    /// is ever accepted twice, and with a window wide enough for the
+    /// reordering every number is accepted once.
+    #[test]
+    fn atomic_window_accepts_each_number_once_across_threads() {
+        use std::sync::atomic::{AtomicU8, Ordering::Relaxed};
+        use std::sync::Arc;
+        const N: u64 = 60_000;
+        for size in [65536, 64] {
+            let w = Arc::new(AtomicReplayWindow::new(size).unwrap());
+            let hits: Arc<Vec<AtomicU8>> = Arc::new((0..=N).map(|_| AtomicU8::new(0)).collect());
+            let hs: Vec<_> = (0..4u64)
+                .map(|t| {
+                    let (w, hits) = (w.clone(), hits.clone());
+                    std::thread::spawn(move || {
+                        for i in 1..=N {
+                            // Thread-specific local reordering.
+                            let seq = match t {
+                                0 => i,
+                                1 => (i ^ 1).max(1),
+                                2 => (i ^ 7).max(1),
+                                // With the small window: a scattered order
+                                // (far jumps ahead and back, slots
+                                // recycled under the other workers).
+                                _ if size == 64 => i * 7919 % N + 1,
+                                _ => (i ^ 31).max(1),
+                            }
+                            .min(N);
+                            if w.check(seq).is_ok() && w.check_and_update(seq).is_ok() {
+                                hits[seq as usize].fetch_add(1, Relaxed);
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().unwrap();
+            }
+            let twice: Vec<usize> = (1..=N as usize)
+                .filter(|&i| hits[i].load(Relaxed) > 1)
+                .collect();
+            assert!(
+                twice.is_empty(),
+                "size {size}: accepted twice: {:?}",
+                &twice[..twice.len().min(10)]
+            );
+            if size == 65536 {
+                let missed = (1..=N as usize)
+                    .filter(|&i| hits[i].load(Relaxed) == 0)
+                    .count();
+                assert_eq!(missed, 0, "a fresh number inside the window was refused");
             }
         }
     }
