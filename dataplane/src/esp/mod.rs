@@ -44,6 +44,9 @@ pub mod iv;
 pub mod replay;
 pub mod udp;
 
+#[cfg(test)]
+mod strongswan_fixtures;
+
 pub use sa::{Decrypted, InboundSa, OutboundSa, SaInfo, SeqLimits};
 pub use transform::{Algorithm, SaError};
 
