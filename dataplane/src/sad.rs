@@ -173,7 +173,9 @@ type FastHash = BuildHasherDefault<SpiHasher>;
 #[derive(Clone, Debug, Default)]
 pub struct Snapshot {
     inbound: HashMap<u32, Child, FastHash>,
-    outbound: HashMap<Arc<str>, Arc<OutboundSa>, FastHash>,
+    /// Tunnel → its current outbound SA and its counters (one lookup per
+    /// packet).
+    outbound: HashMap<Arc<str>, (Arc<OutboundSa>, Arc<TunnelCounters>), FastHash>,
     tunnels: HashMap<Arc<str>, Arc<TunnelCounters>, FastHash>,
     /// Drops no SA can be blamed for (unknown SPI, malformed header); the
     /// same counters in every snapshot.
@@ -207,7 +209,7 @@ impl Snapshot {
     /// The tunnel's current outbound SA.
     #[inline]
     pub fn outbound(&self, tunnel: &str) -> Option<&Arc<OutboundSa>> {
-        self.outbound.get(tunnel)
+        self.outbound.get(tunnel).map(|(sa, _)| sa)
     }
 
     /// A tunnel's counters (kept across rekeys and re-establishments).
@@ -273,7 +275,7 @@ impl Snapshot {
         buf: &mut [u8],
         inner: Range<usize>,
     ) -> Result<Sent<'_>, DropReason> {
-        let Some(sa) = self.outbound.get(tunnel) else {
+        let Some((sa, counters)) = self.outbound.get(tunnel) else {
             let r = DropReason::EspNoSa;
             match self.tunnels.get(tunnel) {
                 Some(t) => t.drops.add(r),
@@ -282,21 +284,16 @@ impl Snapshot {
             return Err(r);
         };
         let bytes = inner.len() as u64;
-        let tunnel_counters = self.tunnels.get(tunnel);
         match sa.encrypt(buf, inner) {
             Ok(esp) => {
                 sa.counters().traffic.add(1, bytes);
-                if let Some(t) = tunnel_counters {
-                    t.tx.add(1, bytes);
-                }
+                counters.tx.add(1, bytes);
                 Ok(Sent { sa, esp })
             }
             Err(e) => {
                 let r = DropReason::from(e);
                 sa.counters().drops.add(r);
-                if let Some(t) = tunnel_counters {
-                    t.drops.add(r);
-                }
+                counters.drops.add(r);
                 Err(r)
             }
         }
@@ -314,7 +311,7 @@ impl Snapshot {
             .values()
             .filter(|c| c.inbound.info().tunnel == *tunnel)
             .max_by_key(|c| c.order)
-            .map(|c| c.outbound.clone());
+            .map(|c| (c.outbound.clone(), c.tunnel.clone()));
         match newest {
             Some(o) => {
                 self.outbound.insert(tunnel.clone(), o);
@@ -469,6 +466,7 @@ impl Sad {
                 .entry(child.tunnel.clone())
                 .or_default()
                 .clone();
+            let tunnel_counters = tunnel.clone();
             snap.inbound.insert(
                 child.spi_in,
                 Child {
@@ -479,7 +477,8 @@ impl Sad {
                     order: *order,
                 },
             );
-            snap.outbound.insert(child.tunnel.clone(), outbound);
+            snap.outbound
+                .insert(child.tunnel.clone(), (outbound, tunnel_counters));
             same.is_some()
         }))
     }
@@ -554,8 +553,8 @@ impl Sad {
         let mut v: Vec<(Arc<str>, u32)> = snap
             .outbound
             .iter()
-            .filter(|(_, o)| o.rekey_due())
-            .map(|(t, o)| (t.clone(), o.info().spi_in))
+            .filter(|(_, (o, _))| o.rekey_due())
+            .map(|(t, (o, _))| (t.clone(), o.info().spi_in))
             .collect();
         v.sort();
         v

@@ -427,7 +427,8 @@ impl InboundSa {
     /// Order: length checks; anti-replay check (§3.4.3, before spending a
     /// decryption on a replay); ICV and decryption (§3.4.4); window update;
     /// padding (§2.4) and Next Header (§2.6) checks. On any error the
-    /// contents of `packet` are unspecified.
+    /// contents of `packet` are unspecified. An AEAD ciphertext need not be
+    /// 4-byte aligned: §2.4 binds the sender, and refusing costs interop.
     pub fn decrypt(&self, packet: &mut [u8]) -> Result<Decrypted, EspError> {
         let hdr = EspHeader::parse(packet)?;
         if hdr.spi != self.spi {
