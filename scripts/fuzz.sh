@@ -9,9 +9,10 @@ command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 export RUSTC_BOOTSTRAP=1
 seed=$(mktemp -d); trap 'rm -rf "$seed"' EXIT
 ANYHUB_DUMP_CORPUS="$seed" cargo test -q -p anyhub-ike --test pair dump_seed_corpus >/dev/null
-for t in parse_message responder; do
+# esp_decrypt's seeds are the strongSwan ESP fixtures, kept in its corpus.
+for t in parse_message responder esp_decrypt; do
   mkdir -p "fuzz/corpus/$t"
-  cp -n "$seed"/* "fuzz/corpus/$t/" 2>/dev/null || true
+  [ "$t" = esp_decrypt ] || cp -n "$seed"/* "fuzz/corpus/$t/" 2>/dev/null || true
   echo "fuzz: $t for ${secs}s"
   (cd fuzz && cargo fuzz run -O "$t" "corpus/$t" -- -max_total_time="$secs" -max_len=4096 -print_final_stats=1 2>&1 | grep -E "^(#[0-9]+.*DONE|stat::number_of_executed_units|stat::new_units_added|==[0-9]+==|SUMMARY|Done)" || true)
   ls "fuzz/artifacts/$t" 2>/dev/null | grep -q . && { echo "fuzz: $t found crashes in fuzz/artifacts/$t" >&2; exit 1; }

@@ -11,14 +11,15 @@
 //! - SIGTERM / SIGINT.
 //!
 //! After every input the loop drains [`Endpoint::poll_transmit`] and
-//! [`Endpoint::poll_event`]; events go to the [`SaTable`] and the log.
+//! [`Endpoint::poll_event`]; events go to the SA database ([`Sad`]) and the
+//! log.
 
 use crate::config::{DaemonConfig, Initiation};
 use crate::status::{
     counter_status, error_json, ok_json, DriverCounters, NodeStatus, Request, Status,
     MAX_REQUEST_LEN,
 };
-use anyhub_dataplane::SaTable;
+use anyhub_dataplane::{Change, Sad, SadConfig};
 use anyhub_ike::{ts, Endpoint, Event, Transmit};
 use std::future::poll_fn;
 use std::io;
@@ -83,7 +84,8 @@ struct Node {
     name: String,
     index: u16,
     endpoint: Endpoint,
-    sadb: SaTable,
+    /// Shared with the dataplane workers once they run (`Arc<Sad>`).
+    sadb: std::sync::Arc<Sad>,
     sockets: Vec<Socket>,
     counters: DriverCounters,
     /// Reused for NAT-T sends (marker + payload).
@@ -120,7 +122,7 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
         name: config.node_name,
         index: config.node_index,
         endpoint: Endpoint::new(config.endpoint, rng),
-        sadb: SaTable::new(),
+        sadb: std::sync::Arc::new(Sad::new(SadConfig::new(config.node_index))),
         sockets,
         counters: DriverCounters::default(),
         send_buf: Vec::with_capacity(RECV_BUF_LEN),
@@ -269,7 +271,10 @@ impl Node {
         }
         while let Some(event) = self.endpoint.poll_event() {
             log_event(&event);
-            self.sadb.handle_event(Instant::now(), event);
+            if let Change::Refused { spi_in, error } = self.sadb.handle_event(Instant::now(), event)
+            {
+                tracing::warn!(spi_in = %format_args!("{spi_in:08x}"), %error, "child SA not installed in the dataplane");
+            }
         }
     }
 

@@ -1,11 +1,16 @@
 //! anyhub's dataplane.
 //!
-//! For now only [`sadb`]: the child SAs the IKE endpoint established, kept
-//! in memory for status. Userspace ESP/GRE over TUN lands here next, behind
-//! the same table.
+//! - [`esp`]: ESP in tunnel mode (RFC 4303), ESP-in-UDP (RFC 3948), the
+//!   anti-replay window and the fleet-wide IV scheme; sans-IO, in place.
+//! - [`sad`]: the SA database fed by IKE events, read lock-free by the
+//!   packet workers; also what status lists.
+//! - [`counters`]: packets, bytes and drops by [`DropReason`].
 
 #![deny(unsafe_code)]
 
-pub mod sadb;
+pub mod counters;
+pub mod esp;
+pub mod sad;
 
-pub use sadb::{Change, SaSummary, SaTable};
+pub use counters::DropReason;
+pub use sad::{Change, SaSummary, Sad, SadConfig, Snapshot};
