@@ -460,6 +460,7 @@ impl PrivateKey {
         self.kind
     }
 
+    #[cfg(any(test, feature = "test-pki"))]
     pub(crate) fn pkey(&self) -> &PKey<Private> {
         &self.pkey
     }

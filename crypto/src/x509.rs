@@ -395,6 +395,11 @@ pub fn dn_to_text(der: &[u8]) -> Option<String> {
     (!out.is_empty()).then(|| out.join(", "))
 }
 
+/// Whether `der` is one DER `Name`, nothing after it.
+pub fn dn_valid(der: &[u8]) -> bool {
+    X509Name::from_der(der).is_ok_and(|n| n.to_der().is_ok_and(|d| d == der))
+}
+
 /// Whether two DER `Name`s are the same DN under RFC 5280 §7.1's rules as
 /// BoringSSL applies them (`X509_NAME_cmp` on canonical encodings: string
 /// types and case and runs of spaces do not matter). False if either does
@@ -753,7 +758,7 @@ mod tests {
         assert_eq!(both, [leaf.cert.clone(), root.cert.clone()]);
         assert_eq!(
             Certificate::parse_pem_or_der(leaf.cert.der()).unwrap(),
-            [leaf.cert.clone()]
+            std::slice::from_ref(&leaf.cert)
         );
         assert!(Certificate::parse_pem_or_der(b"junk").is_err());
         assert!(Certificate::from_der(&leaf.cert.der()[..100]).is_err());
