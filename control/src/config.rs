@@ -355,7 +355,20 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
                 format!("duplicate tunnel id '{}' (also tunnel[{first}])", tunnel.id),
             ));
         }
-        if let Some(first) = remote_ids.insert(tunnel.remote_id.clone(), i) {
+        // DNs are equal regardless of case and string types: compare those
+        // as DNs, everything else by value.
+        let same_dn = || {
+            tunnels.iter().position(|t| {
+                t.remote_id.ty == IdType::DER_ASN1_DN
+                    && t.remote_id.matches(&tunnel.remote_id.to_wire())
+            })
+        };
+        let duplicate = match remote_ids.insert(tunnel.remote_id.clone(), i) {
+            Some(first) => Some(first),
+            None if tunnel.remote_id.ty == IdType::DER_ASN1_DN => same_dn(),
+            None => None,
+        };
+        if let Some(first) = duplicate {
             return Err(FieldError::new(
                 format!("{path}.remote_id"),
                 format!(
@@ -1195,6 +1208,21 @@ remote_ts = ["10.10.0.0/24"]
         assert!(
             msg.contains("also the remote_id of tunnel[0] (site-a)"),
             "{msg}"
+        );
+        // The same DN in other case and spacing.
+        let dn = |t: &str, id: &str| t.replace("\"site-a.example.net\"", &format!("\"{id}\""));
+        let first = dn(MINIMAL, "C=CH, O=Customer, CN=site-a");
+        let second = dn(
+            &MINIMAL
+                .split("[[tunnel]]")
+                .nth(1)
+                .unwrap()
+                .replace("site-a\"", "site-b\""),
+            "c=ch,o=CUSTOMER,cn=site-a",
+        );
+        err(
+            &format!("{first}[[tunnel]]{second}"),
+            "tunnel[1] (site-b).remote_id",
         );
     }
 
