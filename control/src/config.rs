@@ -57,6 +57,9 @@ pub const DEFAULT_ESP_PROPOSALS: &[&str] = &["aes256gcm16", "aes128gcm16", "aes2
 pub const DEFAULT_IKE_LIFETIME: Duration = Duration::from_secs(4 * 3600);
 /// `child_lifetime` when absent: 1h.
 pub const DEFAULT_CHILD_LIFETIME: Duration = Duration::from_secs(3600);
+/// Smallest `ike.fragment_size`: the datagram every IPv4 host must accept
+/// (RFC 791), which RFC 7383 §2.5.1 names as the conservative choice.
+pub const MIN_FRAGMENT_SIZE: u16 = 576;
 /// strongSwan's customary `dpd_delay`.
 pub const DEFAULT_DPD_DELAY: Duration = Duration::from_secs(30);
 /// Longest lifetime accepted (365 days): far beyond any sane rekey period,
@@ -77,6 +80,9 @@ pub struct DaemonConfig {
     pub endpoint: EndpointConfig,
     /// The tunnels to start at startup (`initiate = true`), in file order.
     pub initiate: Vec<Initiation>,
+    /// Every tunnel with a `remote_address` this node can initiate to (for
+    /// `anyhubctl initiate`), in file order.
+    pub targets: Vec<Initiation>,
 }
 
 /// A tunnel this node initiates: from where to where IKE_SA_INIT goes.
@@ -162,6 +168,11 @@ struct RawIke {
     retransmit_timeout: Option<toml::Value>,
     /// Retransmissions before the peer counts as gone; default 5.
     retransmit_tries: Option<i64>,
+    /// IKE fragmentation (RFC 7383); default on.
+    fragmentation: Option<bool>,
+    /// Largest IP datagram an IKE message may make before it is sent as
+    /// fragments; default 1280 (strongSwan's).
+    fragment_size: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -337,6 +348,7 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
 
     let mut tunnels: Vec<Arc<TunnelConfig>> = Vec::with_capacity(raw_tunnels.len());
     let mut initiate = Vec::new();
+    let mut targets = Vec::new();
     let mut ids: HashMap<Arc<str>, usize> = HashMap::new();
     let mut remote_ids: HashMap<Identity, usize> = HashMap::new();
     for (i, value) in raw_tunnels.into_iter().enumerate() {
@@ -383,11 +395,15 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
                 .copied()
                 .find(|a| a.is_ipv4() == remote.is_ipv4())
                 .expect("tunnel() checked the family");
-            initiate.push(Initiation {
+            let target = Initiation {
                 tunnel: tunnel.id.clone(),
                 local: SocketAddr::new(local_ip, port),
                 remote,
-            });
+            };
+            if tunnel.initiate {
+                initiate.push(target.clone());
+            }
+            targets.push(target);
         }
         tunnels.push(Arc::new(tunnel));
     }
@@ -398,6 +414,20 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
     if let Some(v) = ike.retransmit_timeout {
         endpoint.retransmit.timeout =
             parse_lifetime(&v).map_err(|m| FieldError::new("ike.retransmit_timeout", m))?;
+    }
+    if let Some(on) = ike.fragmentation {
+        endpoint.fragmentation = on;
+    }
+    if let Some(n) = ike.fragment_size {
+        endpoint.fragment_size = u16::try_from(n)
+            .ok()
+            .filter(|n| *n >= MIN_FRAGMENT_SIZE)
+            .ok_or_else(|| {
+                FieldError::new(
+                    "ike.fragment_size",
+                    format!("must be {MIN_FRAGMENT_SIZE}..=65535 (bytes of IP datagram), got {n}"),
+                )
+            })?;
     }
     if let Some(n) = ike.retransmit_tries {
         endpoint.retransmit.tries = u32::try_from(n)
@@ -416,6 +446,7 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
         status_socket,
         endpoint,
         initiate,
+        targets,
     })
 }
 
@@ -506,8 +537,11 @@ fn tunnel(
         .map(|s| remote_address(s).map_err(|m| FieldError::new(field("remote_address"), m)))
         .transpose()?;
     let initiate = raw.initiate.unwrap_or(false);
+    let family_ok = |r: &SocketAddr| listen.iter().any(|a| a.is_ipv4() == r.is_ipv4());
     let target = match (initiate, remote) {
-        (false, _) => None,
+        // Still a target for an operator's `anyhubctl initiate`, where the
+        // family allows.
+        (false, r) => r.filter(family_ok),
         (true, None) => {
             return Err(FieldError::new(
                 field("remote_address"),
@@ -515,7 +549,7 @@ fn tunnel(
             ))
         }
         (true, Some(r)) => {
-            if !listen.iter().any(|a| a.is_ipv4() == r.is_ipv4()) {
+            if !family_ok(&r) {
                 let family = if r.is_ipv4() { "IPv4" } else { "IPv6" };
                 return Err(FieldError::new(
                     field("remote_address"),

@@ -15,7 +15,8 @@
 
 use crate::config::{DaemonConfig, Initiation};
 use crate::status::{
-    error_json, CounterStatus, DriverCounters, NodeStatus, Status, MAX_REQUEST_LEN, STATUS_REQUEST,
+    counter_status, error_json, ok_json, DriverCounters, NodeStatus, Request, Status,
+    MAX_REQUEST_LEN,
 };
 use anyhub_dataplane::SaTable;
 use anyhub_ike::{ts, Endpoint, Event, Transmit};
@@ -75,7 +76,7 @@ struct Socket {
 }
 
 /// A status client's request, answered by the loop with the JSON to send.
-type StatusRequest = oneshot::Sender<String>;
+type StatusRequest = (Request, oneshot::Sender<String>);
 
 /// Everything the loop owns besides the receive buffer.
 struct Node {
@@ -87,6 +88,8 @@ struct Node {
     counters: DriverCounters,
     /// Reused for NAT-T sends (marker + payload).
     send_buf: Vec<u8>,
+    /// Where `anyhubctl initiate` starts each tunnel that has a remote.
+    targets: Vec<Initiation>,
 }
 
 async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
@@ -121,6 +124,7 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
         sockets,
         counters: DriverCounters::default(),
         send_buf: Vec::with_capacity(RECV_BUF_LEN),
+        targets: config.targets.clone(),
     };
     tracing::info!(
         node = %node.name,
@@ -160,9 +164,10 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
                 }
                 Err(e) => tracing::warn!(error = %e, "status socket accept failed"),
             },
-            Some(reply) = request_rx.recv() => {
+            Some((request, reply)) = request_rx.recv() => {
+                let answer = node.handle_request(Instant::now(), request);
                 // The client may have given up meanwhile: nothing to do then.
-                let _ = reply.send(node.status(Instant::now()).to_json());
+                let _ = reply.send(answer);
             }
             _ = sigterm.recv() => {
                 tracing::info!("SIGTERM: shutting down");
@@ -292,6 +297,66 @@ impl Node {
         }
     }
 
+    /// An operator's request: the JSON answer.
+    fn handle_request(&mut self, now: Instant, request: Request) -> String {
+        let (tunnel, what) = match &request {
+            Request::Status => return self.status(now).to_json(),
+            Request::Initiate { tunnel } => {
+                let Some(t) = self.targets.iter().find(|t| &*t.tunnel == tunnel) else {
+                    return error_json(&format!(
+                        "no tunnel '{tunnel}' with a remote_address this node can initiate to"
+                    ));
+                };
+                return match self.endpoint.initiate(now, tunnel, t.local, t.remote) {
+                    Ok(h) => {
+                        tracing::info!(tunnel = %tunnel, remote = %t.remote, handle = h.0, "initiating (operator)");
+                        ok_json(&format!("initiating {tunnel} to {}", t.remote))
+                    }
+                    Err(e) => error_json(&e.to_string()),
+                };
+            }
+            Request::Rekey { tunnel, ike } => (tunnel, (true, *ike)),
+            Request::Terminate { tunnel, ike } => (tunnel, (false, *ike)),
+        };
+        if self.endpoint.config().tunnel(tunnel).is_none() {
+            return error_json(&format!("no tunnel '{tunnel}'"));
+        }
+        let sas: Vec<_> = self
+            .endpoint
+            .ike_sas()
+            .into_iter()
+            .filter(|s| s.state == anyhub_ike::IkeState::Established)
+            .filter(|s| s.tunnel.as_deref() == Some(tunnel.as_str()))
+            .map(|s| s.handle)
+            .collect();
+        let mut n = 0;
+        for h in sas {
+            match what {
+                (true, true) => n += usize::from(self.endpoint.rekey_ike_sa(now, h)),
+                (false, true) => n += usize::from(self.endpoint.delete_ike_sa(now, h)),
+                (rekey, false) => {
+                    for spi in self.endpoint.child_sas_of(h) {
+                        let done = if rekey {
+                            self.endpoint.rekey_child_sa(now, h, spi)
+                        } else {
+                            self.endpoint.delete_child_sa(now, h, spi)
+                        };
+                        n += usize::from(done);
+                    }
+                }
+            }
+        }
+        let verb = if what.0 { "rekeying" } else { "deleting" };
+        let noun = if what.1 { "IKE SA" } else { "child SA" };
+        if n == 0 {
+            return error_json(&format!(
+                "tunnel '{tunnel}' has no established {noun} to act on"
+            ));
+        }
+        tracing::info!(tunnel = %tunnel, count = n, "{verb} {noun}(s) (operator)");
+        ok_json(&format!("{verb} {n} {noun}(s) of {tunnel}"))
+    }
+
     fn status(&self, now: Instant) -> Status {
         Status::snapshot(
             NodeStatus {
@@ -301,7 +366,7 @@ impl Node {
             now,
             &self.endpoint.ike_sas(),
             &self.sadb.list(),
-            CounterStatus::new(self.endpoint.counters(), &self.counters),
+            counter_status(self.endpoint.counters(), &self.counters),
         )
     }
 }
@@ -448,10 +513,10 @@ async fn serve_status_client(stream: UnixStream, requests: mpsc::Sender<StatusRe
             return;
         }
     }
-    let answer = match line.trim() {
-        STATUS_REQUEST => {
+    let answer = match Request::parse(&line) {
+        Ok(request) => {
             let (tx, rx) = oneshot::channel();
-            if requests.send(tx).await.is_err() {
+            if requests.send((request, tx)).await.is_err() {
                 return;
             }
             match rx.await {
@@ -459,12 +524,7 @@ async fn serve_status_client(stream: UnixStream, requests: mpsc::Sender<StatusRe
                 Err(_) => return,
             }
         }
-        other => {
-            let shown: String = other.chars().take(32).collect();
-            error_json(&format!(
-                "unknown request '{shown}' (expected '{STATUS_REQUEST}')"
-            ))
-        }
+        Err(message) => error_json(&message),
     };
     let written = tokio::time::timeout(CLIENT_TIMEOUT, async {
         write.write_all(answer.as_bytes()).await?;

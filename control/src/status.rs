@@ -5,21 +5,90 @@
 //! table; anyhubctl deserialises the same types to draw its tables, so the
 //! two cannot drift apart.
 //!
-//! Protocol on the unix stream socket: the client writes one line,
-//! `status\n`; the daemon answers with one JSON object and closes. An
-//! unknown request is answered with `{"error": "…"}`.
+//! Protocol on the unix stream socket: the client writes one request line
+//! ([`Request`]: `status`, `rekey <tunnel> ike|child`, `terminate <tunnel>
+//! ike|child`, `initiate <tunnel>`); the daemon answers with one JSON
+//! object and closes: the status document, `{"ok": "…"}` for an action it
+//! started, or `{"error": "…"}`.
 
 use anyhub_dataplane::SaSummary;
 use anyhub_ike::{ts, Counters, IkeSaInfo};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// The only request so far.
+/// The status request's line.
 pub const STATUS_REQUEST: &str = "status";
+
+/// What a client asks of the daemon, one line each.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// The status document.
+    Status,
+    /// Rekey every established IKE SA of the tunnel (`ike`), or their child
+    /// SAs.
+    Rekey { tunnel: String, ike: bool },
+    /// Delete the tunnel's IKE SAs (and so their child SAs), or only the
+    /// child SAs.
+    Terminate { tunnel: String, ike: bool },
+    /// Start the tunnel as initiator (it needs a `remote_address`).
+    Initiate { tunnel: String },
+}
+
+impl Request {
+    /// Parses a request line; the error says what is wrong, for the client.
+    pub fn parse(line: &str) -> Result<Request, String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let what = |w: &str| match w {
+            "ike" => Ok(true),
+            "child" => Ok(false),
+            other => Err(format!("'{}': expected 'ike' or 'child'", shorten(other))),
+        };
+        match words.as_slice() {
+            ["status"] => Ok(Request::Status),
+            ["rekey", tunnel, w] => Ok(Request::Rekey {
+                tunnel: tunnel.to_string(),
+                ike: what(w)?,
+            }),
+            ["terminate", tunnel, w] => Ok(Request::Terminate {
+                tunnel: tunnel.to_string(),
+                ike: what(w)?,
+            }),
+            ["initiate", tunnel] => Ok(Request::Initiate {
+                tunnel: tunnel.to_string(),
+            }),
+            _ => Err(format!(
+                "unknown request '{}' (expected 'status', 'rekey TUNNEL ike|child', 'terminate TUNNEL ike|child' or 'initiate TUNNEL')",
+                shorten(line.trim())
+            )),
+        }
+    }
+
+    /// The request as its line (without the newline).
+    pub fn line(&self) -> String {
+        let w = |ike: bool| if ike { "ike" } else { "child" };
+        match self {
+            Request::Status => STATUS_REQUEST.to_string(),
+            Request::Rekey { tunnel, ike } => format!("rekey {tunnel} {}", w(*ike)),
+            Request::Terminate { tunnel, ike } => format!("terminate {tunnel} {}", w(*ike)),
+            Request::Initiate { tunnel } => format!("initiate {tunnel}"),
+        }
+    }
+}
+
+/// A peer-controlled string as shown in an error: at most 32 characters.
+fn shorten(s: &str) -> String {
+    s.chars().take(32).collect()
+}
+
+/// The answer to an action the daemon started.
+pub fn ok_json(message: &str) -> String {
+    serde_json::json!({ "ok": message }).to_string()
+}
 /// The longest request line the daemon reads.
 pub const MAX_REQUEST_LEN: u64 = 256;
 
@@ -72,93 +141,40 @@ pub struct ChildSaStatus {
     pub established_secs: u64,
 }
 
-/// The contract's counters, then the driver's own (absent from older
-/// daemons, hence the defaults).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CounterStatus {
-    pub rx_datagrams: u64,
-    pub rx_malformed: u64,
-    pub rx_dropped: u64,
-    pub auth_failed: u64,
-    pub no_proposal_chosen: u64,
-    pub ike_sa_established: u64,
-    pub child_sa_established: u64,
-    /// SK payloads whose integrity check failed.
-    #[serde(default)]
-    pub rx_decrypt_failed: u64,
-    /// Retransmitted requests answered from the response cache.
-    #[serde(default)]
-    pub rx_retransmits: u64,
-    /// Our requests sent again for want of an answer.
-    #[serde(default)]
-    pub tx_retransmits: u64,
-    #[serde(default)]
-    pub invalid_ke_sent: u64,
-    /// IKE_SA_INIT dropped because the half-open table was full.
-    #[serde(default)]
-    pub half_open_refused: u64,
-    /// ESP received on the NAT-T port and dropped (no dataplane yet).
-    #[serde(default)]
-    pub rx_esp: u64,
-    /// Transmits whose local address matched no socket.
-    #[serde(default)]
-    pub tx_unroutable: u64,
-    /// Sends the kernel refused.
-    #[serde(default)]
-    pub tx_errors: u64,
-}
+/// Every counter by name: the IKE core's ([`Counters::pairs`]) and the
+/// driver's ([`DriverCounters::pairs`]). A map, so a counter added on
+/// either side appears without touching this file, and a client reads a
+/// daemon with more or fewer counters than it knows.
+pub type CounterStatus = BTreeMap<String, u64>;
 
 /// What the driver counts itself (the endpoint counts the rest).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverCounters {
+    /// ESP received on the NAT-T port and dropped (no dataplane yet).
     pub rx_esp: u64,
+    /// Transmits whose local address matched no socket.
     pub tx_unroutable: u64,
+    /// Sends the kernel refused.
     pub tx_errors: u64,
 }
 
-impl CounterStatus {
-    pub fn new(ike: &Counters, driver: &DriverCounters) -> CounterStatus {
-        CounterStatus {
-            rx_datagrams: ike.rx_datagrams,
-            rx_malformed: ike.rx_malformed,
-            rx_dropped: ike.rx_dropped,
-            auth_failed: ike.auth_failed,
-            no_proposal_chosen: ike.no_proposal_chosen,
-            ike_sa_established: ike.ike_sa_established,
-            child_sa_established: ike.child_sa_established,
-            rx_decrypt_failed: ike.rx_decrypt_failed,
-            rx_retransmits: ike.rx_retransmits,
-            tx_retransmits: ike.tx_retransmits,
-            invalid_ke_sent: ike.invalid_ke_sent,
-            half_open_refused: ike.half_open_refused,
-            rx_esp: driver.rx_esp,
-            tx_unroutable: driver.tx_unroutable,
-            tx_errors: driver.tx_errors,
-        }
-    }
-}
-
-impl CounterStatus {
-    /// Every counter with its JSON name, in document order.
-    pub fn pairs(&self) -> [(&'static str, u64); 15] {
+impl DriverCounters {
+    pub fn pairs(&self) -> [(&'static str, u64); 3] {
         [
-            ("rx_datagrams", self.rx_datagrams),
-            ("rx_malformed", self.rx_malformed),
-            ("rx_dropped", self.rx_dropped),
-            ("auth_failed", self.auth_failed),
-            ("no_proposal_chosen", self.no_proposal_chosen),
-            ("ike_sa_established", self.ike_sa_established),
-            ("child_sa_established", self.child_sa_established),
-            ("rx_decrypt_failed", self.rx_decrypt_failed),
-            ("rx_retransmits", self.rx_retransmits),
-            ("tx_retransmits", self.tx_retransmits),
-            ("invalid_ke_sent", self.invalid_ke_sent),
-            ("half_open_refused", self.half_open_refused),
             ("rx_esp", self.rx_esp),
             ("tx_unroutable", self.tx_unroutable),
             ("tx_errors", self.tx_errors),
         ]
     }
+}
+
+/// The status document's counters.
+pub fn counter_status(ike: &Counters, driver: &DriverCounters) -> CounterStatus {
+    ike.pairs()
+        .into_iter()
+        .chain(driver.pairs())
+        .map(|(k, v)| (k.to_string(), v))
+        .collect()
 }
 
 fn secs_since(now: Instant, then: Instant) -> u64 {
@@ -300,7 +316,7 @@ impl Status {
         }
         out.push('\n');
         out.push_str("counters:");
-        for (name, value) in self.counters.pairs() {
+        for (name, value) in &self.counters {
             let _ = write!(out, " {name}={value}");
         }
         out.push('\n');
@@ -367,6 +383,12 @@ pub enum QueryError {
 /// Asks the daemon at `socket` for its status: the raw JSON object (checked
 /// to be one, and not an error answer).
 pub fn query(socket: &Path, timeout: Duration) -> Result<String, QueryError> {
+    ask(socket, &Request::Status, timeout)
+}
+
+/// Sends `request` to the daemon at `socket`: the raw JSON answer (checked
+/// to be an object, and not an error answer).
+pub fn ask(socket: &Path, request: &Request, timeout: Duration) -> Result<String, QueryError> {
     let io = |error| QueryError::Io {
         path: socket.to_owned(),
         error,
@@ -378,7 +400,7 @@ pub fn query(socket: &Path, timeout: Duration) -> Result<String, QueryError> {
     stream.set_read_timeout(Some(timeout)).map_err(io)?;
     stream.set_write_timeout(Some(timeout)).map_err(io)?;
     stream
-        .write_all(format!("{STATUS_REQUEST}\n").as_bytes())
+        .write_all(format!("{}\n", request.line()).as_bytes())
         .map_err(io)?;
     let mut reply = String::new();
     stream.read_to_string(&mut reply).map_err(io)?;
@@ -461,7 +483,7 @@ mod tests {
             now,
             &[established, half_open],
             &[child],
-            CounterStatus::new(
+            counter_status(
                 &counters,
                 &DriverCounters {
                     rx_esp: 3,
@@ -525,24 +547,28 @@ mod tests {
         assert!(!json.contains('\n'), "one line");
         let mut names: Vec<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();
         names.sort_unstable();
-        let mut pairs: Vec<&str> = CounterStatus::default()
+        let mut pairs: Vec<&str> = Counters::default()
             .pairs()
             .iter()
+            .chain(DriverCounters::default().pairs().iter())
             .map(|p| p.0)
             .collect();
         pairs.sort_unstable();
-        assert_eq!(names, pairs, "pairs() names every JSON counter");
+        assert_eq!(names, pairs, "every counter is in the JSON, once");
     }
 
     #[test]
     fn json_round_trips() {
         let s = sample(Instant::now());
         assert_eq!(serde_json::from_str::<Status>(&s.to_json()).unwrap(), s);
-        // A daemon without the driver counters still parses.
+        // A daemon with fewer (older) or more (newer) counters still parses.
         let mut v: serde_json::Value = serde_json::from_str(&s.to_json()).unwrap();
-        v["counters"].as_object_mut().unwrap().remove("rx_esp");
+        let c = v["counters"].as_object_mut().unwrap();
+        c.remove("rx_esp");
+        c.insert("from_the_future".into(), 7.into());
         let back: Status = serde_json::from_value(v).unwrap();
-        assert_eq!(back.counters.rx_esp, 0);
+        assert_eq!(back.counters.get("rx_esp"), None);
+        assert_eq!(back.counters["from_the_future"], 7);
     }
 
     #[test]
@@ -582,7 +608,7 @@ mod tests {
             lines
                 .last()
                 .unwrap()
-                .starts_with("counters: rx_datagrams=9 "),
+                .starts_with("counters: auth_failed=1 "),
             "{out}"
         );
         assert!(
@@ -600,6 +626,41 @@ mod tests {
         assert_eq!(age(3600), "1h00m");
         assert_eq!(age(86_399), "23h59m");
         assert_eq!(age(2 * 86_400 + 4 * 3600 + 5), "2d04h");
+    }
+
+    #[test]
+    fn requests_parse_and_print() {
+        for line in [
+            "status",
+            "rekey site-a ike",
+            "rekey site-a child",
+            "terminate site-b ike",
+            "terminate site-b child",
+            "initiate hub",
+        ] {
+            let r = Request::parse(line).unwrap();
+            assert_eq!(r.line(), line);
+        }
+        assert_eq!(
+            Request::parse("  rekey   x  ike \n").unwrap(),
+            Request::Rekey {
+                tunnel: "x".into(),
+                ike: true
+            }
+        );
+        for bad in [
+            "",
+            "rekey",
+            "rekey x",
+            "rekey x both",
+            "status now",
+            "reboot",
+        ] {
+            assert!(Request::parse(bad).is_err(), "{bad:?}");
+        }
+        let long = "x".repeat(200);
+        let e = Request::parse(&long).unwrap_err();
+        assert!(e.len() < 200, "errors do not echo unbounded input");
     }
 
     #[test]

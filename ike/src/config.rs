@@ -112,6 +112,12 @@ pub struct EndpointConfig {
     pub half_open_timeout: Duration,
     /// The local port of plain IKE (where a restarted tunnel starts from).
     pub ike_port: u16,
+    /// Announce IKE fragmentation (RFC 7383) in IKE_SA_INIT, as initiator
+    /// and, when the initiator announced it, as responder.
+    pub fragmentation: bool,
+    /// The largest IP datagram an IKE message of ours may make; longer
+    /// encrypted messages go as fragments (strongSwan's `fragment_size`).
+    pub fragment_size: u16,
     /// The local port that carries IKE with the non-ESP marker (RFC 3948);
     /// transmits from it are flagged [`crate::Transmit::natt`].
     pub natt_port: u16,
@@ -128,6 +134,8 @@ impl EndpointConfig {
             half_open_timeout: Duration::from_secs(30),
             ike_port: 500,
             natt_port: 4500,
+            fragmentation: true,
+            fragment_size: 1280,
             wall_clock: WallClock::System,
         }
     }

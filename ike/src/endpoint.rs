@@ -17,6 +17,7 @@
 //! Logging: the core logs at debug; what an operator needs at info leaves
 //! as an event, and the driver logs it once.
 
+mod fragment;
 mod lifecycle;
 
 use crate::auth;
@@ -36,6 +37,7 @@ use crate::wire::{
     TrafficSelector, Ts,
 };
 use anyhub_crypto::{prf, Rng};
+use fragment::{max_message_len, Collected, Reassembly};
 use lifecycle::{queue, Pending, Task};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -52,26 +54,50 @@ pub const MAX_HALF_OPEN: usize = 16_384;
 /// otherwise bounce us between groups forever).
 const MAX_INVALID_KE_RETRIES: u8 = 2;
 
-/// What the endpoint counts. A peer's garbage lands here, never in a panic.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    pub rx_datagrams: u64,
+/// Declares [`Counters`] and its name/value listing from one field list, so
+/// a new counter reaches the status document without further edits.
+macro_rules! counters {
+    ($( $(#[$doc:meta])* $name:ident, )*) => {
+        /// What the endpoint counts. A peer's garbage lands here, never in a
+        /// panic.
+        #[derive(Clone, Debug, Default, PartialEq, Eq)]
+        pub struct Counters {
+            $( $(#[$doc])* pub $name: u64, )*
+        }
+
+        impl Counters {
+            /// Every counter with its name, in declaration order.
+            pub fn pairs(&self) -> Vec<(&'static str, u64)> {
+                vec![$( (stringify!($name), self.$name), )*]
+            }
+        }
+    };
+}
+
+counters! {
+    rx_datagrams,
     /// Did not parse (header, lengths, payload structure).
-    pub rx_malformed: u64,
+    rx_malformed,
     /// Parsed but not for anything we have, out of the message-ID window,
     /// or not acceptable in the SA's state.
-    pub rx_dropped: u64,
+    rx_dropped,
     /// The SK payload failed its integrity check.
-    pub rx_decrypt_failed: u64,
+    rx_decrypt_failed,
     /// Retransmitted requests answered from the response cache.
-    pub rx_retransmits: u64,
-    pub tx_retransmits: u64,
-    pub auth_failed: u64,
-    pub no_proposal_chosen: u64,
-    pub invalid_ke_sent: u64,
-    pub half_open_refused: u64,
-    pub ike_sa_established: u64,
-    pub child_sa_established: u64,
+    rx_retransmits,
+    tx_retransmits,
+    auth_failed,
+    no_proposal_chosen,
+    invalid_ke_sent,
+    half_open_refused,
+    ike_sa_established,
+    child_sa_established,
+    /// Both sides rekeyed the same SA at once (RFC 7296 §2.8.1, §2.8.2).
+    rekey_collisions,
+    /// Authenticated IKE fragments received (RFC 7383).
+    rx_fragments,
+    /// Messages we sent as fragments.
+    tx_fragmented,
 }
 
 /// Why [`Endpoint::initiate`] refused.
@@ -148,7 +174,8 @@ enum Phase {
 
 struct Outstanding {
     msg_id: u32,
-    bytes: Vec<u8>,
+    /// The request as sent: one datagram, or its fragments (RFC 7383).
+    datagrams: Vec<Vec<u8>>,
     tries: u32,
     next_at: Instant,
     /// What the request was, to interpret its answer.
@@ -168,6 +195,9 @@ struct ChildState {
     expire_at: Instant,
     /// Replaced or expired: a DELETE is queued or sent.
     deleting: bool,
+    /// A newer child SA replaced it and the peer deletes it (the peer's
+    /// rekey, or its win in a rekey collision): not rekeyed again.
+    replaced: bool,
 }
 
 struct IkeSa {
@@ -194,7 +224,9 @@ struct IkeSa {
     next_request_id: u32,
     outstanding: Option<Outstanding>,
     next_peer_request_id: u32,
-    last_response: Option<(u32, Vec<u8>)>,
+    /// Our answer to the peer's last request, as sent (one datagram or its
+    /// fragments), for retransmitted requests (§2.1).
+    last_response: Option<(u32, Vec<Vec<u8>>)>,
     /// SHA-1 of the request `last_response` answers, to recognise its
     /// retransmissions.
     last_request_hash: Option<[u8; 20]>,
@@ -205,7 +237,7 @@ struct IkeSa {
     /// The entry this SA has in `Endpoint::timers`.
     scheduled: Option<Instant>,
     /// Our requests-to-be, one in flight at a time.
-    tasks: std::collections::VecDeque<Task>,
+    tasks: VecDeque<Task>,
     /// The last authenticated message from the peer (for liveness checks).
     last_heard: Instant,
     rekey_at: Option<Instant>,
@@ -218,9 +250,68 @@ struct IkeSa {
     retry_at: Option<(Instant, Task)>,
     /// Where we first sent IKE_SA_INIT from and to, for a restart.
     origin: Option<(SocketAddr, SocketAddr)>,
+    /// The peer rekeyed this IKE SA into this one while our own rekey was
+    /// in flight (§2.8.2), with the lowest nonce of its exchange.
+    rekey_collision: Option<(IkeSaHandle, Vec<u8>)>,
+    /// Both sides announced IKEV2_FRAGMENTATION_SUPPORTED (RFC 7383 §2.3).
+    fragmentation: bool,
+    /// Fragments of the peer's current message.
+    reassembly: Option<Reassembly>,
 }
 
 impl IkeSa {
+    /// An SA with nothing negotiated yet; callers fill in what they know
+    /// with struct-update syntax.
+    fn blank(
+        handle: IkeSaHandle,
+        initiator: bool,
+        local: SocketAddr,
+        remote: SocketAddr,
+        phase: Phase,
+        now: Instant,
+    ) -> IkeSa {
+        IkeSa {
+            handle,
+            initiator,
+            spi_i: 0,
+            spi_r: 0,
+            local,
+            remote,
+            tunnel: None,
+            remote_id: None,
+            phase,
+            proposal: None,
+            keys: None,
+            sk: None,
+            nonce_i: vec![],
+            nonce_r: vec![],
+            init_request: vec![],
+            init_response: vec![],
+            nat_local: false,
+            nat_remote: false,
+            next_request_id: 0,
+            outstanding: None,
+            next_peer_request_id: 0,
+            last_response: None,
+            last_request_hash: None,
+            children: vec![],
+            established_at: None,
+            deadline: None,
+            scheduled: None,
+            tasks: VecDeque::new(),
+            last_heard: now,
+            rekey_at: None,
+            expire_at: None,
+            superseded: false,
+            superseded_at: None,
+            retry_at: None,
+            origin: None,
+            rekey_collision: None,
+            fragmentation: false,
+            reassembly: None,
+        }
+    }
+
     fn our_spi(&self) -> u64 {
         if self.initiator {
             self.spi_i
@@ -471,44 +562,22 @@ impl Endpoint {
         let dh = DhState::generate(group, &mut *self.rng).expect("group checked above");
         let handle = self.new_handle();
         let mut sa = IkeSa {
-            handle,
-            initiator: true,
             spi_i,
-            spi_r: 0,
-            local,
-            remote,
             tunnel: Some(tunnel),
-            remote_id: None,
-            phase: Phase::InitiatorInitSent {
-                dh,
-                invalid_ke_retries: 0,
-            },
-            proposal: None,
-            keys: None,
-            sk: None,
             nonce_i,
-            nonce_r: vec![],
-            init_request: vec![],
-            init_response: vec![],
-            nat_local: false,
-            nat_remote: false,
-            next_request_id: 0,
-            outstanding: None,
-            next_peer_request_id: 0,
-            last_response: None,
-            last_request_hash: None,
-            children: vec![],
-            established_at: None,
             deadline: Some(now + self.connect_timeout()),
-            scheduled: None,
-            tasks: Default::default(),
-            last_heard: now,
-            rekey_at: None,
-            expire_at: None,
-            superseded: false,
-            superseded_at: None,
-            retry_at: None,
             origin: Some((local, remote)),
+            ..IkeSa::blank(
+                handle,
+                true,
+                local,
+                remote,
+                Phase::InitiatorInitSent {
+                    dh,
+                    invalid_ke_retries: 0,
+                },
+                now,
+            )
         };
         self.by_spi.insert(spi_i, handle);
         self.send_init_request(now, &mut sa, None);
@@ -543,6 +612,86 @@ impl Endpoint {
             }
         }
         true
+    }
+
+    /// Rekeys the child SA with inbound SPI `spi_in` of IKE SA `handle` now
+    /// (an operator's request; lifetimes do it on their own). Returns false
+    /// if there is no such established child SA.
+    pub fn rekey_child_sa(&mut self, now: Instant, handle: IkeSaHandle, spi_in: u32) -> bool {
+        self.queue_task(now, handle, |sa| {
+            let c = sa
+                .children
+                .iter_mut()
+                .find(|c| c.spi_in == spi_in && c.live())?;
+            c.rekey_at = None;
+            Some(Task::RekeyChild(spi_in, None))
+        })
+    }
+
+    /// Rekeys IKE SA `handle` now (§2.18). Returns false if it is not
+    /// established or already rekeyed.
+    pub fn rekey_ike_sa(&mut self, now: Instant, handle: IkeSaHandle) -> bool {
+        self.queue_task(now, handle, |sa| {
+            if sa.superseded {
+                return None;
+            }
+            sa.rekey_at = None;
+            Some(Task::RekeyIke(None))
+        })
+    }
+
+    /// Deletes one child SA with an INFORMATIONAL DELETE (§1.4.1). Returns
+    /// false if there is no such child SA.
+    pub fn delete_child_sa(&mut self, now: Instant, handle: IkeSaHandle, spi_in: u32) -> bool {
+        self.queue_task(now, handle, |sa| {
+            let c = sa
+                .children
+                .iter_mut()
+                .find(|c| c.spi_in == spi_in && !c.deleting)?;
+            c.deleting = true;
+            c.rekey_at = None;
+            Some(Task::DeleteChild(spi_in))
+        })
+    }
+
+    /// Queues the task `pick` returns for an established SA and starts it if
+    /// nothing else is in flight.
+    fn queue_task(
+        &mut self,
+        now: Instant,
+        handle: IkeSaHandle,
+        pick: impl FnOnce(&mut IkeSa) -> Option<Task>,
+    ) -> bool {
+        let Some(mut sa) = self.sas.remove(&handle) else {
+            return false;
+        };
+        let task = if matches!(sa.phase, Phase::Established) {
+            pick(&mut sa)
+        } else {
+            None
+        };
+        let queued = task.is_some();
+        if let Some(t) = task {
+            queue(&mut sa.tasks, t);
+            self.run_tasks(now, &mut sa);
+        }
+        self.put_back(sa);
+        queued
+    }
+
+    /// The inbound SPIs of an IKE SA's live child SAs (neither being
+    /// deleted nor replaced by a rekey), oldest first.
+    pub fn child_sas_of(&self, handle: IkeSaHandle) -> Vec<u32> {
+        self.sas
+            .get(&handle)
+            .map(|sa| {
+                sa.children
+                    .iter()
+                    .filter(|c| c.live())
+                    .map(|c| c.spi_in)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Drives retransmissions and expiries due at `now`.
@@ -595,9 +744,9 @@ impl Endpoint {
                     }
                     o.tries += 1;
                     o.next_at = now + retransmit_delay(r.timeout, r.base, o.tries);
-                    let bytes = o.bytes.clone();
+                    let datagrams = o.datagrams.clone();
                     self.counters.tx_retransmits += 1;
-                    self.send(&sa, bytes);
+                    self.send_all(&sa, datagrams);
                 }
             }
             if let Some((t, task)) = sa.retry_at {
@@ -763,44 +912,27 @@ impl Endpoint {
                 .iter()
                 .any(|d| d[..] == nat_detection_hash(spi_i, 0, local));
         let peer_natd = !nat_src.is_empty() || !nat_dst.is_empty();
+        let fragmentation = self.config.fragmentation
+            && msg.payloads.iter().any(|p| {
+                matches!(p, Payload::Notify(n) if n.ty == NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
+            });
 
         let handle = self.new_handle();
         let mut sa = IkeSa {
-            handle,
-            initiator: false,
             spi_i,
             spi_r,
-            local,
-            remote,
-            tunnel: None,
-            remote_id: None,
-            phase: Phase::ResponderAwaitAuth,
             proposal: Some(chosen.clone()),
             keys: Some(keys),
             sk: Some(sk),
             nonce_i: nonce.0.clone(),
             nonce_r: nonce_r.clone(),
             init_request: data.to_vec(),
-            init_response: vec![],
             nat_local,
             nat_remote,
-            next_request_id: 0,
-            outstanding: None,
             next_peer_request_id: 1,
-            last_response: None,
-            last_request_hash: None,
-            children: vec![],
-            established_at: None,
             deadline: Some(now + self.config.half_open_timeout),
-            scheduled: None,
-            tasks: Default::default(),
-            last_heard: now,
-            rekey_at: None,
-            expire_at: None,
-            superseded: false,
-            superseded_at: None,
-            retry_at: None,
-            origin: None,
+            fragmentation,
+            ..IkeSa::blank(handle, false, local, remote, Phase::ResponderAwaitAuth, now)
         };
         let mut payloads = vec![
             Payload::Sa(SaPayload {
@@ -812,6 +944,12 @@ impl Endpoint {
             }),
             Payload::Nonce(Nonce(nonce_r)),
         ];
+        if fragmentation {
+            payloads.push(Payload::Notify(notify(
+                NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,
+                vec![],
+            )));
+        }
         if peer_natd {
             payloads.push(Payload::Notify(notify(
                 NotifyType::NAT_DETECTION_SOURCE_IP,
@@ -833,7 +971,7 @@ impl Endpoint {
         }
         .emit();
         sa.init_response = out.clone();
-        sa.last_response = Some((0, out.clone()));
+        sa.last_response = Some((0, vec![out.clone()]));
         self.send(&sa, out);
         self.by_spi.insert(spi_r, handle);
         self.half_open.insert((spi_i, remote), handle);
@@ -858,21 +996,25 @@ impl Endpoint {
         // Window size 1 (we never send SET_WINDOW_SIZE): the previous request
         // gets its cached answer again, anything else is out of window.
         if id.wrapping_add(1) == sa.next_peer_request_id {
-            if let Some((rid, bytes)) = &sa.last_response {
+            if let Some((rid, datagrams)) = &sa.last_response {
                 // Replay only for the very request we answered, or one that
                 // authenticates: a forged copy must not make us a reflector.
+                // Of a fragmented request only fragment 1 triggers it, so one
+                // retransmitted request gets one answer (RFC 7383 §2.6.1).
                 let same = sa.last_request_hash == Some(prf::sha1(&[data]));
-                if *rid == id && (same || self.open(sa, data, &msg).is_some()) {
+                if *rid == id && (same || self.authentic_first_part(sa, data, &msg)) {
                     self.counters.rx_retransmits += 1;
-                    let bytes = bytes.clone();
+                    let datagrams = datagrams.clone();
                     // Answer where the retransmission came from (it may have
                     // floated to the NAT-T port meanwhile).
-                    self.transmits.push_back(Transmit {
-                        local,
-                        remote,
-                        natt: local.port() == self.config.natt_port,
-                        payload: bytes,
-                    });
+                    for payload in datagrams {
+                        self.transmits.push_back(Transmit {
+                            local,
+                            remote,
+                            natt: local.port() == self.config.natt_port,
+                            payload,
+                        });
+                    }
                     return true;
                 }
             }
@@ -907,7 +1049,7 @@ impl Endpoint {
                 self.handle_auth_request(now, sa, id, payloads)
             }
             (ExchangeType::INFORMATIONAL, Phase::Established | Phase::Deleting) => {
-                self.handle_informational(sa, id, payloads)
+                self.handle_informational(now, sa, id, payloads)
             }
             (ExchangeType::CREATE_CHILD_SA, Phase::Established) => {
                 self.handle_create_child(now, sa, id, payloads)
@@ -1155,7 +1297,13 @@ impl Endpoint {
         Ok((child, payloads))
     }
 
-    fn handle_informational(&mut self, sa: &mut IkeSa, id: u32, payloads: Vec<Payload>) -> bool {
+    fn handle_informational(
+        &mut self,
+        now: Instant,
+        sa: &mut IkeSa,
+        id: u32,
+        payloads: Vec<Payload>,
+    ) -> bool {
         let mut answer = Vec::new();
         // §2.21.2: the initiator could not authenticate us and tells us so
         // in an INFORMATIONAL: the SA is as good as deleted.
@@ -1172,19 +1320,10 @@ impl Endpoint {
                         for s in &d.spis {
                             // The peer names its inbound SPI, our outbound one.
                             let Some(out) = spi_from(s) else { continue };
-                            if let Some(pos) = sa.children.iter().position(|c| c.spi_out == out) {
-                                let c = sa.children.remove(pos);
-                                our_deleted.push(c.spi_in.to_be_bytes().to_vec());
-                                self.events.push_back(Event::ChildSaDeleted {
-                                    tunnel: sa
-                                        .tunnel
-                                        .as_ref()
-                                        .map(|t| t.id.clone())
-                                        .unwrap_or_else(|| "".into()),
-                                    ike: sa.handle,
-                                    spi_in: c.spi_in,
-                                    spi_out: c.spi_out,
-                                });
+                            if let Some(c) = sa.children.iter().find(|c| c.spi_out == out) {
+                                let spi_in = c.spi_in;
+                                our_deleted.push(spi_in.to_be_bytes().to_vec());
+                                self.remove_child(sa, spi_in);
                             }
                         }
                     }
@@ -1195,6 +1334,11 @@ impl Endpoint {
         if delete_ike {
             // §1.4.1: answer with an empty INFORMATIONAL, then forget.
             self.respond(sa, ExchangeType::INFORMATIONAL, id, vec![]);
+            // Our own rekey of this SA collided with the peer's, and the
+            // peer's won: its new SA inherits the child SAs (§2.8.2).
+            if let Some((winner, _)) = sa.rekey_collision.take() {
+                self.adopt_children(now, sa, winner);
+            }
             self.child_deleted_events(sa);
             tracing::debug!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), remote = %sa.remote, "IKE SA deleted by peer");
             self.events.push_back(Event::IkeSaDeleted {
@@ -1372,6 +1516,9 @@ impl Endpoint {
         sa.spi_r = msg.header.spi_r;
         sa.nonce_r = nonce.0.clone();
         sa.init_response = data.to_vec();
+        sa.fragmentation = msg.payloads.iter().any(|p| {
+            matches!(p, Payload::Notify(n) if n.ty == NotifyType::IKEV2_FRAGMENTATION_SUPPORTED)
+        });
         let keys = IkeKeys::derive(suite, &shared, &sa.nonce_i, &sa.nonce_r, sa.spi_i, sa.spi_r);
         let Some(sk) = SkCrypto::new(&keys) else {
             return self.fail(sa, SaEndReason::NoProposalChosen);
@@ -1619,6 +1766,12 @@ impl Endpoint {
             data: dh.public().to_vec(),
         }));
         payloads.push(Payload::Nonce(Nonce(sa.nonce_i.clone())));
+        if self.config.fragmentation {
+            payloads.push(Payload::Notify(notify(
+                NotifyType::IKEV2_FRAGMENTATION_SUPPORTED,
+                vec![],
+            )));
+        }
         payloads.push(Payload::Notify(notify(
             NotifyType::NAT_DETECTION_SOURCE_IP,
             nat_detection_hash(sa.spi_i, 0, sa.local).to_vec(),
@@ -1639,7 +1792,7 @@ impl Endpoint {
         let next_at = now + self.config.retransmit.timeout;
         sa.outstanding = Some(Outstanding::new(
             0,
-            bytes.clone(),
+            vec![bytes.clone()],
             next_at,
             Pending::Handshake,
         ));
@@ -1657,14 +1810,15 @@ impl Endpoint {
         let msg_id = sa.next_request_id;
         sa.next_request_id += 1;
         let header = sa.header(exchange, msg_id, false);
-        let bytes = sa
-            .sk
-            .as_mut()
-            .expect("keys before encrypted exchanges")
-            .seal(sa.initiator, &header, &payloads, &mut *self.rng);
+        let datagrams = self.protect(sa, &header, &payloads);
         let next_at = now + self.config.retransmit.timeout;
-        sa.outstanding = Some(Outstanding::new(msg_id, bytes.clone(), next_at, pending));
-        self.send(sa, bytes);
+        sa.outstanding = Some(Outstanding::new(
+            msg_id,
+            datagrams.clone(),
+            next_at,
+            pending,
+        ));
+        self.send_all(sa, datagrams);
     }
 
     /// Sends an encrypted response and keeps it for retransmitted requests.
@@ -1676,48 +1830,127 @@ impl Endpoint {
         payloads: Vec<Payload>,
     ) {
         let header = sa.header(exchange, msg_id, true);
-        let bytes = sa
-            .sk
-            .as_mut()
-            .expect("keys before encrypted exchanges")
-            .seal(sa.initiator, &header, &payloads, &mut *self.rng);
-        sa.last_response = Some((msg_id, bytes.clone()));
-        self.send(sa, bytes);
+        let datagrams = self.protect(sa, &header, &payloads);
+        sa.last_response = Some((msg_id, datagrams.clone()));
+        self.send_all(sa, datagrams);
     }
 
-    /// Decrypts a protected message from the peer, counting failures.
-    fn open(&mut self, sa: &IkeSa, data: &[u8], msg: &Message) -> Option<Vec<Payload>> {
+    /// Encrypts an IKE message for `sa`'s peer: one datagram, or RFC 7383
+    /// fragments when both sides support them and it would not fit the
+    /// configured datagram size.
+    fn protect(&mut self, sa: &mut IkeSa, header: &Header, payloads: &[Payload]) -> Vec<Vec<u8>> {
+        let sk = sa.sk.as_mut().expect("keys before encrypted exchanges");
+        if !sa.fragmentation {
+            return vec![sk.seal(sa.initiator, header, payloads, &mut *self.rng)];
+        }
+        let natt = sa.local.port() == self.config.natt_port;
+        let max = max_message_len(self.config.fragment_size, sa.remote, natt);
+        let datagrams = sk.seal_datagrams(sa.initiator, header, payloads, max, &mut *self.rng);
+        if datagrams.len() > 1 {
+            self.counters.tx_fragmented += 1;
+        }
+        datagrams
+    }
+
+    /// Whether a retransmitted request is really the peer's: its SK payload,
+    /// or its fragment number 1, authenticates.
+    fn authentic_first_part(&mut self, sa: &IkeSa, data: &[u8], msg: &Message) -> bool {
+        let Some(sk) = sa.sk.as_ref() else {
+            return false;
+        };
+        match &msg.encrypted {
+            Some(Encrypted::Sk { aad_len, body, .. })
+            | Some(Encrypted::Skf {
+                fragment_number: 1,
+                aad_len,
+                body,
+                ..
+            }) => match sk.open_raw(msg.header.flags.initiator(), data, *aad_len, body.clone()) {
+                Ok(_) => true,
+                Err(OpenError::Integrity) => {
+                    self.counters.rx_decrypt_failed += 1;
+                    false
+                }
+                Err(_) => {
+                    self.counters.rx_malformed += 1;
+                    false
+                }
+            },
+            _ => false,
+        }
+    }
+
+    /// Decrypts a protected message from the peer, counting failures. A
+    /// fragment (RFC 7383) is authenticated and kept; the call that
+    /// completes the message returns all of it, the others `None`.
+    fn open(&mut self, sa: &mut IkeSa, data: &[u8], msg: &Message) -> Option<Vec<Payload>> {
         let Some(sk) = sa.sk.as_ref() else {
             self.counters.rx_dropped += 1;
             return None;
+        };
+        let from_initiator = msg.header.flags.initiator();
+        let failed = |c: &mut Counters, e: OpenError| match e {
+            OpenError::Integrity => c.rx_decrypt_failed += 1,
+            OpenError::Malformed | OpenError::Payloads(_) => c.rx_malformed += 1,
         };
         match &msg.encrypted {
             Some(Encrypted::Sk {
                 first_inner,
                 aad_len,
                 body,
+            }) => match sk.open(from_initiator, data, *first_inner, *aad_len, body.clone()) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    failed(&mut self.counters, e);
+                    None
+                }
+            },
+            Some(Encrypted::Skf {
+                first_inner,
+                fragment_number,
+                total_fragments,
+                aad_len,
+                body,
             }) => {
-                match sk.open(
-                    msg.header.flags.initiator(),
-                    data,
-                    *first_inner,
-                    *aad_len,
-                    body.clone(),
-                ) {
-                    Ok(p) => Some(p),
-                    Err(OpenError::Integrity) => {
-                        self.counters.rx_decrypt_failed += 1;
-                        None
+                // §2.5: only a peer that announced support may fragment.
+                if !sa.fragmentation {
+                    self.counters.rx_dropped += 1;
+                    return None;
+                }
+                let plain = match sk.open_raw(from_initiator, data, *aad_len, body.clone()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        failed(&mut self.counters, e);
+                        return None;
                     }
-                    Err(OpenError::Malformed | OpenError::Payloads(_)) => {
-                        self.counters.rx_malformed += 1;
+                };
+                self.counters.rx_fragments += 1;
+                match Reassembly::collect(
+                    &mut sa.reassembly,
+                    msg.header.message_id,
+                    msg.header.flags.response(),
+                    *fragment_number,
+                    *total_fragments,
+                    *first_inner,
+                    plain,
+                ) {
+                    Collected::Complete(first, whole) => {
+                        match crate::wire::parse_payloads(first, &whole) {
+                            Ok(p) => Some(p),
+                            Err(_) => {
+                                self.counters.rx_malformed += 1;
+                                None
+                            }
+                        }
+                    }
+                    Collected::Pending => None,
+                    Collected::Dropped => {
+                        self.counters.rx_dropped += 1;
                         None
                     }
                 }
             }
-            // Fragments (RFC 7383) are reassembled once fragmentation lands;
-            // until then they are counted and dropped.
-            Some(Encrypted::Skf { .. }) | None => {
+            None => {
                 self.counters.rx_dropped += 1;
                 None
             }
@@ -1822,6 +2055,12 @@ impl Endpoint {
         self.transmits.push_back(t);
     }
 
+    fn send_all(&mut self, sa: &IkeSa, datagrams: Vec<Vec<u8>>) {
+        for d in datagrams {
+            self.send(sa, d);
+        }
+    }
+
     fn put_back(&mut self, mut sa: IkeSa) {
         let next = sa.next_timer(self.dpd_due(&sa));
         if sa.scheduled != next {
@@ -1843,6 +2082,16 @@ impl Endpoint {
         }
         if self.by_spi.get(&sa.our_spi()) == Some(&sa.handle) {
             self.by_spi.remove(&sa.our_spi());
+        }
+        // The SPI reserved for our IKE SA rekey in flight.
+        if let Some(Outstanding {
+            pending: Pending::RekeyIke { new_spi_i, .. },
+            ..
+        }) = &sa.outstanding
+        {
+            if self.by_spi.get(new_spi_i) == Some(&sa.handle) {
+                self.by_spi.remove(new_spi_i);
+            }
         }
         self.half_open.retain(|_, h| *h != sa.handle);
     }

@@ -28,6 +28,15 @@ pub(crate) enum OpenError {
     Payloads(wire::MalformedError),
 }
 
+/// Smallest plaintext share of one fragment we send, whatever the
+/// configured size: below this fragmentation would only multiply overhead.
+const MIN_FRAGMENT_PLAINTEXT: usize = 64;
+
+struct Overhead {
+    fixed: usize,
+    max_pad: usize,
+}
+
 enum Direction {
     Aead(AeadKey),
     // Boxed: the expanded AES key schedule is large, and CBC is the rare case.
@@ -84,20 +93,106 @@ impl SkCrypto {
     ) -> Vec<u8> {
         let mut inner = Vec::new();
         let first = wire::emit_payloads(payloads, &mut inner);
-        let iv_counter = self.next_iv;
-        self.next_iv += 1;
-        let dir = if we_are_initiator {
+        self.seal_plain(we_are_initiator, header, first, None, inner, rng)
+    }
+
+    /// Like [`SkCrypto::seal`], but as IKE fragments (RFC 7383 §2.5) when the
+    /// whole message would be longer than `max_len` bytes: each fragment a
+    /// whole message of at most `max_len` bytes, with its own IV and ICV.
+    /// One datagram when it fits.
+    pub(crate) fn seal_datagrams(
+        &mut self,
+        we_are_initiator: bool,
+        header: &Header,
+        payloads: &[Payload],
+        max_len: usize,
+        rng: &mut dyn Rng,
+    ) -> Vec<Vec<u8>> {
+        let mut inner = Vec::new();
+        let first = wire::emit_payloads(payloads, &mut inner);
+        let overhead = self.overhead(we_are_initiator);
+        if Header::LEN + 4 + overhead.fixed + inner.len() + overhead.max_pad <= max_len {
+            return vec![self.seal_plain(we_are_initiator, header, first, None, inner, rng)];
+        }
+        // Room for plaintext in one fragment: the limit minus the IKE header,
+        // the SKF header with its two fields, IV, ICV and the worst padding.
+        let room = max_len
+            .saturating_sub(Header::LEN + 8 + overhead.fixed + overhead.max_pad)
+            .max(MIN_FRAGMENT_PLAINTEXT);
+        let chunks: Vec<&[u8]> = inner.chunks(room).collect();
+        let total = chunks.len().min(usize::from(u16::MAX)) as u16;
+        chunks
+            .iter()
+            .enumerate()
+            .map(|(i, chunk)| {
+                let number = i as u16 + 1;
+                // Only fragment 1 names the first inner payload (§2.5).
+                let first_inner = if number == 1 {
+                    first
+                } else {
+                    PayloadType::NONE
+                };
+                self.seal_plain(
+                    we_are_initiator,
+                    header,
+                    first_inner,
+                    Some((number, total)),
+                    chunk.to_vec(),
+                    rng,
+                )
+            })
+            .collect()
+    }
+
+    /// IV, ICV and pad-length bytes (`fixed`) and the most padding one
+    /// message of ours can carry (`max_pad`).
+    fn overhead(&self, we_are_initiator: bool) -> Overhead {
+        match self.dir(we_are_initiator) {
+            Direction::Aead(_) => Overhead {
+                fixed: 8 + 16 + 1,
+                max_pad: 0,
+            },
+            Direction::Cbc { integ, .. } => Overhead {
+                fixed: 16 + integ.icv_len() + 1,
+                max_pad: 15,
+            },
+        }
+    }
+
+    fn dir(&self, we_are_initiator: bool) -> &Direction {
+        if we_are_initiator {
             &self.from_initiator
         } else {
             &self.from_responder
+        }
+    }
+
+    /// Encrypts `inner` (an emitted payload chain, or one fragment of one)
+    /// into a whole message: SK, or SKF with `fragment` = (number, total).
+    fn seal_plain(
+        &mut self,
+        we_are_initiator: bool,
+        header: &Header,
+        first: PayloadType,
+        fragment: Option<(u16, u16)>,
+        mut inner: Vec<u8>,
+        rng: &mut dyn Rng,
+    ) -> Vec<u8> {
+        let iv_counter = self.next_iv;
+        self.next_iv += 1;
+        let prefix = |out: &mut Vec<u8>, body_len: usize| match fragment {
+            None => wire::emit_sk_prefix(header, first, body_len, out),
+            Some((number, total)) => {
+                wire::emit_skf_prefix(header, first, number, total, body_len, out)
+            }
         };
-        match dir {
+        match self.dir(we_are_initiator) {
             Direction::Aead(key) => {
                 // Zero octets of padding, then the pad length (RFC 5282 §3).
                 inner.push(0);
                 let body_len = 8 + inner.len() + 16;
-                let mut out = Vec::with_capacity(Header::LEN + 4 + body_len);
-                let aad_len = wire::emit_sk_prefix(header, first, body_len, &mut out);
+                let mut out = Vec::with_capacity(Header::LEN + 8 + body_len);
+                let aad_len = prefix(&mut out, body_len);
                 let iv = iv_counter.to_be_bytes();
                 out.extend_from_slice(&iv);
                 let ct_at = out.len();
@@ -120,8 +215,8 @@ impl SkCrypto {
                 inner.push(pad as u8);
                 let icv_len = integ.icv_len();
                 let body_len = 16 + inner.len() + icv_len;
-                let mut out = Vec::with_capacity(Header::LEN + 4 + body_len);
-                wire::emit_sk_prefix(header, first, body_len, &mut out);
+                let mut out = Vec::with_capacity(Header::LEN + 8 + body_len);
+                prefix(&mut out, body_len);
                 let mut iv = [0u8; 16];
                 rng.fill(&mut iv);
                 out.extend_from_slice(&iv);
@@ -148,11 +243,20 @@ impl SkCrypto {
         aad_len: usize,
         body: std::ops::Range<usize>,
     ) -> Result<Vec<Payload>, OpenError> {
-        let dir = if from_initiator {
-            &self.from_initiator
-        } else {
-            &self.from_responder
-        };
+        let plain = self.open_raw(from_initiator, msg, aad_len, body)?;
+        wire::parse_payloads(first_inner, &plain).map_err(OpenError::Payloads)
+    }
+
+    /// Checks and decrypts an SK or SKF body: the plaintext without its
+    /// padding (a payload chain, or one fragment of one).
+    pub(crate) fn open_raw(
+        &self,
+        from_initiator: bool,
+        msg: &[u8],
+        aad_len: usize,
+        body: std::ops::Range<usize>,
+    ) -> Result<Vec<u8>, OpenError> {
+        let dir = self.dir(from_initiator);
         let body_bytes = msg.get(body.clone()).ok_or(OpenError::Malformed)?;
         let mut plain = match dir {
             Direction::Aead(key) => {
@@ -201,6 +305,6 @@ impl SkCrypto {
             return Err(OpenError::Malformed);
         }
         plain.truncate(plain.len() - 1 - pad_len);
-        wire::parse_payloads(first_inner, &plain).map_err(OpenError::Payloads)
+        Ok(plain)
     }
 }

@@ -329,3 +329,213 @@ fn vanished_peer_with_restart_comes_back() {
         .iter()
         .any(|s| s.state == IkeState::Established));
 }
+
+/// The handle of each side's only established IKE SA.
+fn handles(p: &Pair) -> (anyhub_ike::IkeSaHandle, anyhub_ike::IkeSaHandle) {
+    let one = |e: &anyhub_ike::Endpoint| {
+        let sas = e.ike_sas();
+        assert_eq!(sas.len(), 1, "one IKE SA");
+        sas[0].handle
+    };
+    (one(&p.a), one(&p.b))
+}
+
+/// Both sides rekey the same child SA at the same instant, over many seeds
+/// (so either side's exchange holds the lowest nonce): RFC 7296 §2.8.1
+/// leaves exactly one new child SA on both sides, the same one, and the
+/// old SA gone.
+#[test]
+fn simultaneous_child_rekey_leaves_one_child_sa() {
+    for seed in 0..16u64 {
+        let mut p = Pair::new(
+            endpoint(1, seed, &[TunnelSpec::site()]),
+            endpoint(2, 100 + seed, &[TunnelSpec::hub()]),
+        );
+        p.initiate();
+        p.drive_for(Duration::from_secs(1));
+        let (ha, hb) = handles(&p);
+        let old_a = p.a.child_sas_of(ha)[0];
+        let old_b = p.b.child_sas_of(hb)[0];
+        assert!(p.a.rekey_child_sa(p.now, ha, old_a));
+        assert!(p.b.rekey_child_sa(p.now, hb, old_b));
+        p.drive_for(Duration::from_secs(5));
+        assert_eq!(
+            p.a.counters().rekey_collisions,
+            1,
+            "seed {seed}: A saw the collision"
+        );
+        assert_eq!(
+            p.b.counters().rekey_collisions,
+            1,
+            "seed {seed}: B saw the collision"
+        );
+        assert_eq!(
+            assert_children_mirror(&p),
+            1,
+            "seed {seed}: one child SA left"
+        );
+        let live_a = live_children(&p.a_events);
+        assert!(
+            !live_a.contains_key(&old_a),
+            "seed {seed}: the old SA is gone"
+        );
+        assert_eq!(
+            p.a.child_sas_of(ha).len(),
+            1,
+            "seed {seed}: A's IKE SA holds one"
+        );
+        assert_eq!(
+            p.b.child_sas_of(hb).len(),
+            1,
+            "seed {seed}: B's IKE SA holds one"
+        );
+        // Two SAs went on each side: the old one and the redundant new one.
+        for evs in [&p.a_events, &p.b_events] {
+            let deleted = evs
+                .iter()
+                .filter(|e| matches!(e, Event::ChildSaDeleted { .. }))
+                .count();
+            assert_eq!(deleted, 2, "seed {seed}");
+        }
+        let survivor = *live_a.keys().next().unwrap();
+        // The survivor works: a later rekey runs on it.
+        assert!(p.a.rekey_child_sa(p.now, ha, survivor));
+        p.drive_for(Duration::from_secs(5));
+        assert_eq!(
+            assert_children_mirror(&p),
+            1,
+            "seed {seed}: after a further rekey"
+        );
+    }
+}
+
+/// Both sides rekey the IKE SA at the same instant (§2.8.2): one new IKE SA
+/// survives on both sides, the same one, holding the child SA; the other
+/// new one and the old one are deleted; either side's exchange may win.
+#[test]
+fn simultaneous_ike_rekey_leaves_one_ike_sa_with_the_children() {
+    let mut winners = std::collections::HashSet::new();
+    for seed in 0..16u64 {
+        let mut p = Pair::new(
+            endpoint(1, seed, &[TunnelSpec::site()]),
+            endpoint(2, 200 + seed, &[TunnelSpec::hub()]),
+        );
+        p.initiate();
+        p.drive_for(Duration::from_secs(1));
+        let (ha, hb) = handles(&p);
+        let child = p.a.child_sas_of(ha)[0];
+        assert!(p.a.rekey_ike_sa(p.now, ha));
+        assert!(p.b.rekey_ike_sa(p.now, hb));
+        p.drive_for(Duration::from_secs(60));
+        assert_eq!(p.a.counters().rekey_collisions, 1, "seed {seed}");
+        assert_eq!(p.b.counters().rekey_collisions, 1, "seed {seed}");
+        let (a_sas, b_sas) = (p.a.ike_sas(), p.b.ike_sas());
+        assert_eq!(
+            (a_sas.len(), b_sas.len()),
+            (1, 1),
+            "seed {seed}: one IKE SA each"
+        );
+        assert_eq!(
+            (a_sas[0].spi_i, a_sas[0].spi_r),
+            (b_sas[0].spi_i, b_sas[0].spi_r),
+            "seed {seed}: the same IKE SA"
+        );
+        assert_eq!(a_sas[0].initiator, !b_sas[0].initiator);
+        winners.insert(a_sas[0].initiator);
+        assert_eq!(
+            p.a.child_sas_of(a_sas[0].handle),
+            vec![child],
+            "seed {seed}: A's child moved"
+        );
+        assert_eq!(
+            p.b.child_sas_of(b_sas[0].handle).len(),
+            1,
+            "seed {seed}: B's child moved"
+        );
+        for evs in [&p.a_events, &p.b_events] {
+            assert!(
+                !evs.iter()
+                    .any(|e| matches!(e, Event::ChildSaDeleted { .. })),
+                "seed {seed}: no child SA lost"
+            );
+        }
+        // The survivor works: a child rekey and an IKE rekey run on it.
+        let h = a_sas[0].handle;
+        assert!(p.a.rekey_child_sa(p.now, h, child));
+        p.drive_for(Duration::from_secs(5));
+        assert_eq!(assert_children_mirror(&p), 1);
+        assert!(p.a.rekey_ike_sa(p.now, h));
+        p.drive_for(Duration::from_secs(60));
+        assert_eq!(
+            (p.a.ike_sas().len(), p.b.ike_sas().len()),
+            (1, 1),
+            "seed {seed}"
+        );
+        assert_eq!(assert_children_mirror(&p), 1);
+    }
+    assert_eq!(
+        winners.len(),
+        2,
+        "over 16 seeds each side's rekey won sometimes"
+    );
+}
+
+/// §2.25.2: an IKE SA rekey that arrives while a child SA exchange of ours
+/// is in flight is refused with TEMPORARY_FAILURE, retried, and succeeds.
+#[test]
+fn ike_rekey_during_a_child_exchange_is_retried() {
+    let mut p = Pair::standard();
+    p.initiate();
+    p.drive_for(Duration::from_secs(1));
+    let (ha, hb) = handles(&p);
+    let child = p.a.child_sas_of(ha)[0];
+    // A's child rekey request is in flight (not yet delivered) when B's
+    // IKE rekey request reaches A.
+    assert!(p.a.rekey_child_sa(p.now, ha, child));
+    let a_req = p.a.poll_transmit().unwrap();
+    assert!(p.b.rekey_ike_sa(p.now, hb));
+    let b_req = p.b.poll_transmit().unwrap();
+    p.deliver(Side::B, b_req);
+    p.deliver(Side::A, a_req);
+    p.drive_for(Duration::from_secs(60));
+    assert_eq!((p.a.ike_sas().len(), p.b.ike_sas().len()), (1, 1));
+    let sa = &p.b.ike_sas()[0];
+    assert_ne!(sa.handle, hb, "B's IKE SA was rekeyed after the retry");
+    assert_eq!(assert_children_mirror(&p), 1);
+    assert_eq!(rekeyed_children(&p.a_events).len(), 1);
+}
+
+/// A colliding child rekey where each side's answer is held back and the
+/// winner's DELETE of the old SA overtakes it (a reordering path): still
+/// exactly one child SA survives, the same on both sides.
+#[test]
+fn simultaneous_child_rekey_with_reordered_answers() {
+    for seed in 0..16u64 {
+        let mut p = Pair::new(
+            endpoint(1, seed, &[TunnelSpec::site()]),
+            endpoint(2, 300 + seed, &[TunnelSpec::hub()]),
+        );
+        p.initiate();
+        p.drive_for(Duration::from_secs(1));
+        let (ha, hb) = handles(&p);
+        assert!(p.a.rekey_child_sa(p.now, ha, p.a.child_sas_of(ha)[0]));
+        assert!(p.b.rekey_child_sa(p.now, hb, p.b.child_sas_of(hb)[0]));
+        let req_a = p.a.poll_transmit().unwrap();
+        let req_b = p.b.poll_transmit().unwrap();
+        p.deliver(Side::B, req_b);
+        let resp_a = p.a.poll_transmit().unwrap();
+        p.deliver(Side::A, req_a);
+        let resp_b = p.b.poll_transmit().unwrap();
+        // B's answer reaches A first; whatever A sends next (a DELETE)
+        // reaches B before A's answer to B does.
+        p.deliver(Side::B, resp_b);
+        while let Some(t) = p.a.poll_transmit() {
+            p.deliver(Side::A, t);
+        }
+        p.deliver(Side::A, resp_a);
+        p.drive_for(Duration::from_secs(30));
+        assert_eq!(assert_children_mirror(&p), 1, "seed {seed}");
+        assert_eq!(p.a.child_sas_of(ha).len(), 1, "seed {seed}");
+        assert_eq!(p.b.child_sas_of(hb).len(), 1, "seed {seed}");
+    }
+}

@@ -91,7 +91,7 @@ fn tlist(v: &[String]) -> String {
     )
 }
 
-pub fn config_toml(tunnels: &[Tunnel], status_socket: &Path) -> String {
+pub fn config_toml(tunnels: &[Tunnel], status_socket: &Path, ike_extra: &[String]) -> String {
     let mut s = format!(
         "# written by the anyhub interop harness\n\
          [node]\nindex = 1\nname = \"interop-hub\"\n\n\
@@ -101,6 +101,10 @@ pub fn config_toml(tunnels: &[Tunnel], status_socket: &Path) -> String {
         t(HUB_ADDR),
         t(&status_socket.display().to_string()),
     );
+    for l in ike_extra {
+        s += l;
+        s += "\n";
+    }
     for tu in tunnels {
         let auth = if tu.pubkey {
             format!(
@@ -147,10 +151,16 @@ pub struct Anyhubd {
 impl Anyhubd {
     /// Writes `anyhubd.toml` into `dir`, checks it with `--check`, starts
     /// anyhubd in `ns` and waits until `anyhubctl status --json` answers.
-    pub fn start(ns: &str, dir: &Path, bins: &Binaries, tunnels: &[Tunnel]) -> Result<Anyhubd> {
+    pub fn start(
+        ns: &str,
+        dir: &Path,
+        bins: &Binaries,
+        tunnels: &[Tunnel],
+        ike_extra: &[String],
+    ) -> Result<Anyhubd> {
         let socket = dir.join("anyhubd.sock");
         let config = dir.join("anyhubd.toml");
-        fs::write(&config, config_toml(tunnels, &socket))?;
+        fs::write(&config, config_toml(tunnels, &socket, ike_extra))?;
 
         let mut check = Command::new(&bins.anyhubd);
         check.arg("--config").arg(&config).arg("--check");
@@ -213,6 +223,24 @@ impl Anyhubd {
             bail!(
                 "`anyhubctl status{}` failed: {}",
                 if json { " --json" } else { "" },
+                out.text.trim().replace('\n', " | ")
+            );
+        }
+        Ok(out.text)
+    }
+
+    /// An operator action: `anyhubctl <args>` (e.g. `rekey site-a ike`).
+    pub fn act(&mut self, args: &[&str]) -> Result<String> {
+        if let Some(status) = self.proc.exited() {
+            bail!("anyhubd exited ({status})");
+        }
+        let mut cmd = Command::new(&self.bins.anyhubctl);
+        cmd.arg("--socket").arg(&self.socket).args(args);
+        let out = lab::run(&mut cmd, Duration::from_secs(10))?;
+        if !out.success() {
+            bail!(
+                "`anyhubctl {}` failed: {}",
+                args.join(" "),
                 out.text.trim().replace('\n', " | ")
             );
         }
@@ -425,6 +453,7 @@ mod tests {
                 pubkey: false,
             }],
             Path::new("/tmp/x.sock"),
+            &[],
         );
         assert!(s.contains("[[tunnel]]\nid = \"site-a\"\n"));
         assert!(s.contains("psk = \"p\\\"q\"\n"));

@@ -53,6 +53,16 @@ pub enum Flow {
     /// strongSwan initiates, then its charon is killed and stays dead:
     /// anyhubd's liveness checks must clear every SA within the given time.
     SiteVanishes(Duration),
+    /// strongSwan initiates; then the operator deletes the IKE SA (`ike`)
+    /// or only the child SA with `anyhubctl terminate`.
+    HubDeletes { ike: bool },
+    /// strongSwan initiates, then deletes only the child SA.
+    SiteDeletesChild,
+    /// strongSwan initiates; then both sides rekey the IKE SA (`ike`) or
+    /// the child SA at the same moment: the hub→site path drops
+    /// everything for a moment so the two requests cross. One SA must be
+    /// left, the same on both sides, and both must have seen the collision.
+    SimultaneousRekey { ike: bool },
 }
 
 /// What must hold on both sides once the flow has run.
@@ -97,11 +107,15 @@ pub struct Case {
     /// Why the strongSwan stand-in hub of `interop selfcheck` cannot play
     /// this case, if it cannot.
     pub anyhub_only: Option<&'static str>,
+    /// Extra `charon { … }` settings for the site's strongswan.conf.
+    pub site_charon: Vec<String>,
+    /// Extra `[ike]` lines for anyhubd's config.
+    pub hub_ike: Vec<String>,
+    /// Counters anyhubd must end with at least these values.
+    pub hub_counters_min: Vec<(&'static str, u64)>,
     /// Certificates to make with `pki` at set-up (the `cert-*` cases; the
     /// site's connections and hub's tunnels then use `pubkey`).
     pub pki: Option<PkiSpec>,
-    /// Extra strongswan.conf lines for the site's charon.
-    pub site_charon: Vec<String>,
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -169,8 +183,10 @@ impl Case {
             expect: Expect::Up(vec![Up::new(DEFAULT_IKE, DEFAULT_ESP)]),
             site_log: Vec::new(),
             anyhub_only: None,
-            pki: None,
             site_charon: Vec::new(),
+            hub_ike: Vec::new(),
+            hub_counters_min: Vec::new(),
+            pki: None,
         }
     }
 
@@ -429,6 +445,58 @@ pub fn all() -> Vec<Case> {
     gone.anyhub_only = stand_in;
     cases.push(gone);
 
+    // IKE fragmentation (RFC 7383) both ways: 24 selectors a side make an
+    // IKE_AUTH of about 1 KiB; both sides send at most 576-byte datagrams.
+    let site_nets: Vec<String> = (0..24).map(|i| format!("10.10.{i}.0/24")).collect();
+    let hub_nets: Vec<String> = (0..24).map(|i| format!("10.20.{i}.0/24")).collect();
+    let mut frag = Case::basic("frag-ike-auth");
+    frag.site[0].local_ts = site_nets.clone();
+    frag.site[0].remote_ts = hub_nets.clone();
+    frag.hub[0].local_ts = hub_nets.clone();
+    frag.hub[0].remote_ts = site_nets.clone();
+    frag.up_mut().local_ts = site_nets;
+    frag.up_mut().remote_ts = hub_nets;
+    frag.site_charon = vec!["fragment_size = 576".into()];
+    frag.hub_ike = vec!["fragment_size = 576".into()];
+    frag.hub_counters_min = vec![("rx_fragments", 2), ("tx_fragmented", 1)];
+    frag.anyhub_only = stand_in;
+    cases.push(
+        frag.site_log("splitting IKE message")
+            .site_log("reassembled fragmented IKE message"),
+    );
+
+    // Deletes by the operator, child-only deletes, colliding rekeys.
+    for (name, ike) in [
+        ("delete-by-anyhub", true),
+        ("delete-child-by-anyhub", false),
+    ] {
+        let mut c = Case::basic(name);
+        c.flow = Flow::HubDeletes { ike };
+        c.anyhub_only = stand_in;
+        cases.push(c);
+    }
+    let mut c = Case::basic("delete-child-by-strongswan");
+    c.flow = Flow::SiteDeletesChild;
+    c.anyhub_only = stand_in;
+    cases.push(c);
+    for (name, ike, evidence) in [
+        (
+            "rekey-simultaneous-child",
+            false,
+            "detected CHILD_REKEY collision with CHILD_REKEY",
+        ),
+        (
+            "rekey-simultaneous-ike",
+            true,
+            "detected IKE_REKEY collision with IKE_REKEY",
+        ),
+    ] {
+        let mut c = Case::basic(name);
+        c.flow = Flow::SimultaneousRekey { ike };
+        c.anyhub_only = stand_in;
+        cases.push(c.site_log(evidence));
+    }
+
     // Certificates (RFC 7427 signatures, CERT/CERTREQ), made with `pki`.
     // strongSwan signs RSA with PKCS#1 v1.5 / SHA-256 and ECDSA with the
     // curve's hash once we announce SIGNATURE_HASH_ALGORITHMS; its log
@@ -533,11 +601,15 @@ enum Hub {
 }
 
 impl Hub {
-    fn start(kind: HubKind, lab: &Lab, tunnels: &[Tunnel]) -> Result<Hub> {
+    fn start(kind: HubKind, lab: &Lab, tunnels: &[Tunnel], ike_extra: &[String]) -> Result<Hub> {
         Ok(match kind {
-            HubKind::Anyhub(bins) => {
-                Hub::Anyhub(Anyhubd::start(&lab.hub_ns, &lab.hub_dir(), bins, tunnels)?)
-            }
+            HubKind::Anyhub(bins) => Hub::Anyhub(Anyhubd::start(
+                &lab.hub_ns,
+                &lab.hub_dir(),
+                bins,
+                tunnels,
+                ike_extra,
+            )?),
             HubKind::StrongSwan => {
                 let charon = Charon::start(&lab.hub_ns, &lab.hub_dir())
                     .context("starting the stand-in hub's charon")?;
@@ -566,6 +638,29 @@ impl Hub {
 
     fn typed_ids(&self) -> bool {
         matches!(self, Hub::Anyhub(_))
+    }
+
+    /// An operator action on tunnel `tunnel`: `verb` is "rekey" or
+    /// "terminate", `ike` picks the IKE SA or the child SA.
+    fn act(&mut self, verb: &str, tunnel: &str, ike: bool) -> Result<()> {
+        match self {
+            Hub::Anyhub(a) => {
+                a.act(&[verb, tunnel, if ike { "ike" } else { "child" }])?;
+            }
+            Hub::Swan(c) => {
+                let flag = if ike { "--ike" } else { "--child" };
+                let out = c.swanctl(
+                    &[&format!("--{verb}"), flag, tunnel],
+                    Duration::from_secs(10),
+                )?;
+                ensure!(
+                    out.success(),
+                    "swanctl --{verb} failed: {}",
+                    one_line(&out.text)
+                );
+            }
+        }
+        Ok(())
     }
 }
 
@@ -728,7 +823,7 @@ fn drive(case: &Case, kind: HubKind, lab: &Lab, show: bool) -> Result<()> {
     let mut site = Charon::start_with(&lab.site_ns, &lab.site_dir(), &case.site_charon)
         .context("starting the site's charon")?;
     site.load(&case.site).context("site")?;
-    let mut hub = Hub::start(kind, lab, &case.hub)?;
+    let mut hub = Hub::start(kind, lab, &case.hub, &case.hub_ike)?;
 
     let mut said = String::new();
     match case.flow {
@@ -832,6 +927,97 @@ fn drive(case: &Case, kind: HubKind, lab: &Lab, show: bool) -> Result<()> {
             })
             .context("after the site deleted the IKE SA");
         }
+        Flow::HubDeletes { ike } => {
+            initiate_all(case, &site, &mut said)?;
+            wait_up(case, &site, &mut hub, &said)?;
+            hub.act("terminate", &case.hub[0].id, ike)?;
+            return lab::eventually(Duration::from_secs(8), || {
+                let sas = site.list_sas()?;
+                let st = hub.status()?;
+                if ike {
+                    ensure!(sas.is_empty(), "the site still lists SAs");
+                    hub_empty(&st)
+                } else {
+                    only_ike_left(&sas, &st)
+                }
+            })
+            .context("after anyhubctl terminate");
+        }
+        Flow::SiteDeletesChild => {
+            initiate_all(case, &site, &mut said)?;
+            wait_up(case, &site, &mut hub, &said)?;
+            let name = &case.site[0].child;
+            let out = site.swanctl(&["--terminate", "--child", name], Duration::from_secs(10))?;
+            ensure!(
+                out.success(),
+                "swanctl --terminate --child failed: {}",
+                one_line(&out.text)
+            );
+            return lab::eventually(Duration::from_secs(8), || {
+                only_ike_left(&site.list_sas()?, &hub.status()?)
+            })
+            .context("after the site deleted the child SA");
+        }
+        Flow::SimultaneousRekey { ike } => {
+            initiate_all(case, &site, &mut said)?;
+            let before = wait_up(case, &site, &mut hub, &said)?;
+            let before = before.first().cloned().context("no IKE SA on the site")?;
+            // The hub's request is lost on the way and retransmitted: it
+            // reaches the site while the site's own request is in flight,
+            // and the site's reaches the hub while the hub's is.
+            lab::block_from(&lab.site_ns, HUB_ADDR)?;
+            let acted = (|| {
+                hub.act("rekey", &case.hub[0].id, ike)?;
+                let (flag, name) = if ike {
+                    ("--ike", &case.site[0].name)
+                } else {
+                    ("--child", &case.site[0].child)
+                };
+                let out = site.swanctl(&["--rekey", flag, name], Duration::from_secs(10))?;
+                ensure!(
+                    out.success(),
+                    "swanctl --rekey failed: {}",
+                    one_line(&out.text)
+                );
+                std::thread::sleep(Duration::from_millis(300));
+                Ok(())
+            })();
+            lab::unblock(&lab.site_ns)?;
+            acted?;
+            // Long enough for a redundant IKE SA the site never completed to
+            // be deleted by the hub (5 s grace, then its DELETE times out).
+            lab::eventually(Duration::from_secs(30), || {
+                let now = site.list_sas()?;
+                let sa = now
+                    .iter()
+                    .find(|s| s.conn == before.conn)
+                    .ok_or_else(|| anyhow!("the site lost its IKE SA"))?;
+                if ike {
+                    ensure!(
+                        sa.spi_i != before.spi_i || sa.spi_r != before.spi_r,
+                        "the IKE SA was not rekeyed"
+                    );
+                } else {
+                    ensure!(
+                        sa.children
+                            .iter()
+                            .all(|c| before.children.iter().all(|b| b.spi_in != c.spi_in)),
+                        "the child SA was not rekeyed"
+                    );
+                }
+                let st = hub.status()?;
+                check(case, &now, &st, hub.typed_ids(), &said)?;
+                if let Some(counters) = &st.counters {
+                    let n = counter(counters, "rekey_collisions")?;
+                    ensure!(
+                        n >= 1,
+                        "the hub saw no rekey collision (rekey_collisions = {n})"
+                    );
+                }
+                Ok(())
+            })
+            .context("after the colliding rekeys")?;
+        }
         Flow::SiteVanishes(within) => {
             initiate_all(case, &site, &mut said)?;
             wait_up(case, &site, &mut hub, &said)?;
@@ -895,6 +1081,25 @@ fn wait_up(case: &Case, site: &Charon, hub: &mut Hub, said: &str) -> Result<Vec<
         check(case, &sas, &hub.status()?, hub.typed_ids(), said)?;
         Ok(sas)
     })
+}
+
+/// Both sides still hold the IKE SA, and neither holds a child SA.
+fn only_ike_left(site: &[SwanIkeSa], hub: &HubStatus) -> Result<()> {
+    ensure!(
+        site.len() == 1 && site[0].state == "ESTABLISHED",
+        "the site should keep its IKE SA, it lists {}",
+        site.len()
+    );
+    ensure!(
+        site[0].children.iter().all(|c| c.state != "INSTALLED"),
+        "the site still has an installed child SA"
+    );
+    ensure!(
+        hub.ike_sas.len() == 1 && hub.child_sas.is_empty(),
+        "the hub should hold 1 IKE SA and no child SA: {}",
+        describe_hub(hub)
+    );
+    Ok(())
 }
 
 /// The hub holds no SA at all.
@@ -961,6 +1166,15 @@ fn verify(case: &Case, site: &mut Charon, hub: &mut Hub, said: &str) -> Result<(
         site.alive()?;
         check(case, &site.list_sas()?, &hub.status()?, typed, said)
     })?;
+    if let Some(counters) = hub.status()?.counters {
+        for (name, min) in &case.hub_counters_min {
+            let n = counter(&counters, name)?;
+            ensure!(
+                n >= *min,
+                "hub counter {name} = {n}, expected at least {min}"
+            );
+        }
+    }
     if !case.site_log.is_empty() {
         let log = std::fs::read_to_string(site.log()).unwrap_or_default();
         for evidence in &case.site_log {
@@ -1119,7 +1333,10 @@ fn check_tunnel(
     // After an IKE SA rekey, whoever rekeyed is the new SA's original
     // initiator (RFC 7296 §2.18): roles may have swapped; both sides must
     // still agree on them.
-    let roles_may_swap = matches!(case.flow, Flow::Rekey { ike: true, .. });
+    let roles_may_swap = matches!(
+        case.flow,
+        Flow::Rekey { ike: true, .. } | Flow::SimultaneousRekey { ike: true }
+    );
     let hub_initiates = if roles_may_swap {
         !sa.initiator
     } else {

@@ -299,6 +299,47 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// Runs an nftables script inside namespace `ns` (`nft -f -`).
+pub fn nft(ns: &str, script: &str) -> Result<()> {
+    use std::io::Write;
+    let mut child = Command::new("ip")
+        .args(["netns", "exec", ns, "nft", "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("running nft")?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(script.as_bytes())?;
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "nft in {ns} failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Drops every datagram `ns` receives from `from` until [`unblock`]: a
+/// path that loses packets one way, to make exchanges cross.
+pub fn block_from(ns: &str, from: &str) -> Result<()> {
+    nft(
+        ns,
+        &format!(
+            "table inet harness_block {{\n  chain input {{\n    type filter hook input priority -10; policy accept;\n    ip saddr {from} meta l4proto udp drop\n  }}\n}}\n"
+        ),
+    )
+}
+
+/// Undoes [`block_from`].
+pub fn unblock(ns: &str) -> Result<()> {
+    nft(ns, "delete table inet harness_block\n")
+}
+
 /// A daemon started by the harness. Dropping it stops it (SIGTERM, then
 /// SIGKILL after a grace period). Its stdout and stderr go to `log`.
 pub struct Proc {

@@ -168,11 +168,13 @@ pub fn swanctl_conf(conns: &[SwanConn], dir: &Path) -> String {
 }
 
 fn strongswan_conf(dir: &Path, extra: &[String]) -> String {
+    let extra: String = extra.iter().map(|l| format!("  {l}\n")).collect();
     format!(
         "# written by the anyhub interop harness\n\
-         charon {{\n  load_modular = no\n  load = {PLUGINS}\n{extra}\
+         charon {{\n  load_modular = no\n  load = {PLUGINS}\n\
          \x20 # fail fast: ~4 s until a dead peer is given up\n\
          \x20 retransmit_tries = 2\n  retransmit_timeout = 1.0\n  retransmit_base = 1.4\n\
+         {extra}\
          \x20 filelog {{\n    harness {{\n      path = {log}\n      append = yes\n      \
          time_format = %T\n      flush_line = yes\n      default = 1\n      ike = 2\n      \
          cfg = 2\n      net = 1\n      enc = 1\n    }}\n  }}\n\
@@ -181,7 +183,6 @@ fn strongswan_conf(dir: &Path, extra: &[String]) -> String {
          charon-systemd {{\n  journal {{\n    default = -1\n  }}\n}}\n",
         log = dir.join("charon.log").display(),
         vici = dir.join("vici").display(),
-        extra = extra.iter().map(|l| format!("  {l}\n")).collect::<String>(),
     )
 }
 
@@ -211,8 +212,8 @@ impl Charon {
         Charon::start_with(ns, dir, &[])
     }
 
-    /// [`Charon::start`] with extra lines for strongswan.conf's `charon`
-    /// section (e.g. `signature_authentication = no`).
+    /// [`Charon::start`] with extra `charon { … }` settings (e.g.
+    /// `fragment_size = 576`, `signature_authentication = no`).
     pub fn start_with(ns: &str, dir: &Path, extra: &[String]) -> Result<Charon> {
         let mut charon = Charon {
             ns: ns.to_string(),

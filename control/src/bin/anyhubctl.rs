@@ -1,8 +1,8 @@
 //! anyhubctl: asks a running anyhubd for its state (docs/daemon-contract.md).
 
 use anyhub_control::config::DEFAULT_STATUS_SOCKET;
-use anyhub_control::status::{self, Status};
-use clap::{Parser, Subcommand};
+use anyhub_control::status::{self, Request, Status};
+use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,6 +29,27 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rekey a tunnel's IKE SAs, or its child SAs, now.
+    Rekey {
+        tunnel: String,
+        #[arg(value_enum, default_value = "child")]
+        what: What,
+    },
+    /// Delete a tunnel's IKE SAs (with their child SAs), or only its child
+    /// SAs, telling the peer.
+    Terminate {
+        tunnel: String,
+        #[arg(value_enum, default_value = "ike")]
+        what: What,
+    },
+    /// Start a tunnel as initiator (it needs a remote_address).
+    Initiate { tunnel: String },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum What {
+    Ike,
+    Child,
 }
 
 fn main() -> ExitCode {
@@ -56,5 +77,28 @@ fn run(args: Args) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Rekey { tunnel, what } => act(
+            &args.socket,
+            Request::Rekey {
+                tunnel,
+                ike: matches!(what, What::Ike),
+            },
+        ),
+        Command::Terminate { tunnel, what } => act(
+            &args.socket,
+            Request::Terminate {
+                tunnel,
+                ike: matches!(what, What::Ike),
+            },
+        ),
+        Command::Initiate { tunnel } => act(&args.socket, Request::Initiate { tunnel }),
     }
+}
+
+/// Sends an action request and prints what the daemon started.
+fn act(socket: &std::path::Path, request: Request) -> anyhow::Result<()> {
+    let reply = status::ask(socket, &request, TIMEOUT)?;
+    let value: serde_json::Value = serde_json::from_str(&reply)?;
+    println!("{}", value["ok"].as_str().unwrap_or(&reply));
+    Ok(())
 }

@@ -9,7 +9,7 @@
 
 use super::{ChildState, Endpoint, IkeSa, Outstanding, Phase, Refusal, NONCE_LEN};
 use crate::config::DpdAction;
-use crate::event::{ChildSa, DirectionKeys, Event, SaEndReason};
+use crate::event::{ChildSa, DirectionKeys, Event, IkeSaHandle, SaEndReason};
 use crate::keys::{group_of, DhState, IkeSuite};
 use crate::proposal::{self, DhPolicy, Selected};
 use crate::sk::SkCrypto;
@@ -46,6 +46,13 @@ pub(super) enum Pending {
         new_spi_in: u32,
         nonce_i: Vec<u8>,
         dh: Option<DhState>,
+        /// The old SA's selectors: the answer may only narrow them, and
+        /// the old SA may be gone (deleted by the peer) when it arrives.
+        local_ts: Vec<TrafficSelector>,
+        remote_ts: Vec<TrafficSelector>,
+        /// The peer rekeyed the same SA meanwhile (§2.8.1): the child SA
+        /// its exchange created, and that exchange's lower nonce.
+        collision: Option<(u32, Vec<u8>)>,
     },
     RekeyIke {
         new_spi_i: u64,
@@ -57,6 +64,9 @@ pub(super) enum Pending {
 /// After an IKE SA rekey, how long the old SA waits for the peer's DELETE
 /// before we delete it ourselves.
 const SUPERSEDED_GRACE: Duration = Duration::from_secs(30);
+/// After a rekey collision we won, how long the peer's redundant IKE SA
+/// waits for the peer's DELETE before we delete it.
+const REDUNDANT_GRACE: Duration = Duration::from_secs(5);
 /// How long to wait before retrying a rekey the peer answered with
 /// TEMPORARY_FAILURE (§2.25: it is busy, e.g. with its own rekey).
 const TEMPORARY_FAILURE_RETRY: (u64, u64) = (2, 10);
@@ -198,6 +208,7 @@ impl Endpoint {
             return;
         };
         let (local_ts, remote_ts) = (child.local_ts.clone(), child.remote_ts.clone());
+        let (old_local_ts, old_remote_ts) = (local_ts.clone(), remote_ts.clone());
         // PFS when the tunnel's ESP proposals name a group (§1.3.1).
         let group = group.or_else(|| {
             tunnel
@@ -246,6 +257,9 @@ impl Endpoint {
             new_spi_in,
             nonce_i,
             dh,
+            local_ts: old_local_ts,
+            remote_ts: old_remote_ts,
+            collision: None,
         };
         self.send_request(now, sa, ExchangeType::CREATE_CHILD_SA, payloads, pending);
     }
@@ -326,8 +340,17 @@ impl Endpoint {
                 new_spi_in,
                 nonce_i,
                 dh,
+                local_ts,
+                remote_ts,
+                collision,
             } => {
-                self.finish_rekey_child(now, sa, old_spi_in, new_spi_in, nonce_i, dh, payloads);
+                let old = OldChild {
+                    spi_in: old_spi_in,
+                    local_ts,
+                    remote_ts,
+                    collision,
+                };
+                self.finish_rekey_child(now, sa, old, new_spi_in, nonce_i, dh, payloads);
                 true
             }
             Pending::RekeyIke {
@@ -386,12 +409,13 @@ impl Endpoint {
         &mut self,
         now: Instant,
         sa: &mut IkeSa,
-        old_spi_in: u32,
+        old: OldChild,
         new_spi_in: u32,
         nonce_i: Vec<u8>,
         dh: Option<DhState>,
         payloads: Vec<Payload>,
     ) {
+        let old_spi_in = old.spi_in;
         if self.rekey_refused(now, sa, &payloads, |g| Task::RekeyChild(old_spi_in, g)) {
             if payloads
                 .iter()
@@ -420,7 +444,6 @@ impl Endpoint {
                 (None, None) => None,
                 _ => return None,
             };
-            let old = sa.children.iter().find(|c| c.spi_in == old_spi_in)?;
             if !narrowed_within(tsi?, &old.local_ts) || !narrowed_within(tsr?, &old.remote_ts) {
                 return None;
             }
@@ -429,7 +452,8 @@ impl Endpoint {
                 sa.keys
                     .as_ref()?
                     .child_keys(&chosen, shared.as_ref(), &nonce_i, &nonce_r.0)?;
-            Some(ChildSa {
+            let lowest = lowest_nonce(&nonce_i, &nonce_r.0);
+            let child = ChildSa {
                 tunnel: tunnel.id.clone(),
                 ike: sa.handle,
                 spi_in: new_spi_in,
@@ -451,17 +475,54 @@ impl Endpoint {
                 remote: sa.remote,
                 encap: self.uses_encap(sa),
                 rekey_of: Some(old_spi_in),
-            })
+            };
+            Some((child, lowest))
         })();
         match built {
-            Some(child) => {
+            Some((child, ours_lowest)) => {
                 self.child_established(now, sa, child);
-                // Make-before-break: the old SA goes only now.
-                if let Some(old) = sa.children.iter_mut().find(|c| c.spi_in == old_spi_in) {
-                    old.deleting = true;
-                    old.rekey_at = None;
+                // §2.8.1: if the peer rekeyed the same SA meanwhile, "the SA
+                // created with the lowest of the four nonces used in the two
+                // exchanges SHOULD be closed by the endpoint that created
+                // it"; the other side's creator then deletes the old SA.
+                let we_lose = match &old.collision {
+                    None => false,
+                    Some((theirs, theirs_lowest)) => {
+                        self.counters.rekey_collisions += 1;
+                        let lose = nonce_lower(&ours_lowest, theirs_lowest);
+                        tracing::debug!(
+                            old = format_args!("{old_spi_in:08x}"),
+                            ours = format_args!("{new_spi_in:08x}"),
+                            theirs = format_args!("{theirs:08x}"),
+                            we_lose = lose,
+                            "child SA rekey collision"
+                        );
+                        let redundant = if lose { new_spi_in } else { *theirs };
+                        if let Some(c) = sa.children.iter_mut().find(|c| c.spi_in == redundant) {
+                            c.rekey_at = None;
+                            if lose {
+                                c.deleting = true;
+                                queue(&mut sa.tasks, Task::DeleteChild(redundant));
+                            } else {
+                                // The peer closes it.
+                                c.replaced = true;
+                            }
+                        }
+                        lose
+                    }
+                };
+                // Make-before-break: the old SA goes only now (if the peer
+                // has not deleted it already), by us unless the peer's
+                // exchange won.
+                if let Some(o) = sa.children.iter_mut().find(|c| c.spi_in == old_spi_in) {
+                    o.rekey_at = None;
+                    if we_lose {
+                        o.replaced = true;
+                    } else {
+                        o.deleting = true;
+                        queue(&mut sa.tasks, Task::DeleteChild(old_spi_in));
+                    }
                 }
-                queue(&mut sa.tasks, Task::DeleteChild(old_spi_in));
             }
             None => {
                 tracing::debug!(
@@ -486,6 +547,12 @@ impl Endpoint {
             self.by_spi.remove(&new_spi_i);
         }
         if self.rekey_refused(now, sa, &payloads, Task::RekeyIke) {
+            // If the peer's own rekey of this SA crossed ours, its new SA
+            // is the one left (§2.8.2).
+            if let Some((winner, _)) = sa.rekey_collision.take() {
+                sa.retry_at = None;
+                self.adopt_children(now, sa, winner);
+            }
             return;
         }
         let Some(tunnel) = sa.tunnel.clone() else {
@@ -531,11 +598,90 @@ impl Endpoint {
             self.counters.rx_dropped += 1;
             return;
         };
+        let ours_lowest = lowest_nonce(&nonce_i, &nonce_r);
         // We started the rekey: we are the new SA's original initiator.
-        self.install_rekeyed_ike(
+        let Some(ours) = self.install_rekeyed_ike(
             now, sa, true, new_spi_i, spi_r, chosen, keys, nonce_i, nonce_r,
-        );
-        queue(&mut sa.tasks, Task::DeleteIke);
+        ) else {
+            return;
+        };
+        match sa.rekey_collision.take() {
+            None => {
+                self.adopt_children(now, sa, ours);
+                queue(&mut sa.tasks, Task::DeleteIke);
+            }
+            Some((theirs, theirs_lowest)) => {
+                // §2.8.2: two new IKE SAs; "the one with the lowest nonce
+                // SHOULD be deleted by the node that created it"; the other
+                // inherits the child SAs, and its creator deletes the old SA.
+                self.counters.rekey_collisions += 1;
+                let we_lose = nonce_lower(&ours_lowest, &theirs_lowest);
+                tracing::debug!(handle = sa.handle.0, we_lose, "IKE SA rekey collision");
+                let (winner, loser) = if we_lose {
+                    (theirs, ours)
+                } else {
+                    (ours, theirs)
+                };
+                self.adopt_children(now, sa, winner);
+                if we_lose {
+                    // The peer deletes the old SA; we delete our redundant one.
+                    self.with_sa(now, loser, |_, l| {
+                        l.superseded = true;
+                        queue(&mut l.tasks, Task::DeleteIke);
+                    });
+                } else {
+                    queue(&mut sa.tasks, Task::DeleteIke);
+                    // The peer deletes its redundant SA; if it does not (it may
+                    // never have completed it), we do, soon.
+                    self.with_sa(now, loser, |_, l| {
+                        l.superseded = true;
+                        l.rekey_at = None;
+                        l.superseded_at = Some(now + REDUNDANT_GRACE);
+                    });
+                }
+            }
+        }
+    }
+
+    /// Runs `f` on the SA `handle` (taken out of the table meanwhile), then
+    /// starts its due tasks and reschedules it.
+    fn with_sa(
+        &mut self,
+        now: Instant,
+        handle: IkeSaHandle,
+        f: impl FnOnce(&mut Self, &mut IkeSa),
+    ) {
+        if let Some(mut other) = self.sas.remove(&handle) {
+            f(self, &mut other);
+            self.run_tasks(now, &mut other);
+            self.put_back(other);
+        }
+    }
+
+    /// Moves the child SAs of `old` (and the tasks and notes about them) to
+    /// the IKE SA `new` that replaces it (§2.18), and marks `old`
+    /// superseded: only its DELETE is left to happen.
+    pub(super) fn adopt_children(&mut self, now: Instant, old: &mut IkeSa, new: IkeSaHandle) {
+        let Some(mut n) = self.sas.remove(&new) else {
+            return;
+        };
+        n.children.append(&mut old.children);
+        let (theirs, ours): (VecDeque<Task>, VecDeque<Task>) = std::mem::take(&mut old.tasks)
+            .into_iter()
+            .partition(|t| matches!(t, Task::RekeyChild(..) | Task::DeleteChild(_)));
+        n.tasks.extend(theirs);
+        old.tasks = ours;
+        old.superseded = true;
+        old.superseded_at = Some(now + SUPERSEDED_GRACE);
+        old.rekey_at = None;
+        old.retry_at = None;
+        tracing::debug!(old = old.handle.0, new = n.handle.0, "IKE SA rekeyed");
+        self.events.push_back(Event::IkeSaRekeyed {
+            old: old.handle,
+            new: n.info(),
+        });
+        self.run_tasks(now, &mut n);
+        self.put_back(n);
     }
 
     // --------------------------------------------- CREATE_CHILD_SA requests
@@ -587,6 +733,12 @@ impl Endpoint {
                     .iter()
                     .find(|c| c.spi_out == out)
                     .ok_or(Refusal::ChildSaNotFound)?;
+                // §2.25.1: a child SA we are closing (also because our own
+                // rekey of it completed) is not rekeyed; the peer learns of
+                // its replacement from our DELETE.
+                if old.deleting {
+                    return Err(Refusal::TemporaryFailure);
+                }
                 Some(old.spi_in)
             }
             None => None,
@@ -614,6 +766,7 @@ impl Endpoint {
             return Err(Refusal::TsUnacceptable);
         }
         let nonce_r = self.nonce();
+        let nonce_r_copy = nonce_r.clone();
         let keys = sa.keys.as_ref().ok_or(Refusal::Syntax)?;
         let ck = keys
             .child_keys(&chosen, shared.as_ref(), &nonce_i.0, &nonce_r)
@@ -660,9 +813,29 @@ impl Endpoint {
             encap: self.uses_encap(sa),
             rekey_of,
         };
-        if let Some(old) = rekey_of.and_then(|o| sa.children.iter_mut().find(|c| c.spi_in == o)) {
-            // The peer rekeys it and will delete it; we stop rekeying it.
-            old.rekey_at = None;
+        if let Some(old_spi) = rekey_of {
+            // Our own rekey of the same SA in flight: a collision (§2.8.1),
+            // answered as usual and resolved once our answer is in.
+            let ours = sa.outstanding.as_mut().and_then(|o| match &mut o.pending {
+                Pending::RekeyChild {
+                    old_spi_in,
+                    collision,
+                    ..
+                } if *old_spi_in == old_spi => Some(collision),
+                _ => None,
+            });
+            match ours {
+                Some(collision) => {
+                    *collision = Some((spi_in, lowest_nonce(&nonce_i.0, &nonce_r_copy)));
+                }
+                None => {
+                    if let Some(old) = sa.children.iter_mut().find(|c| c.spi_in == old_spi) {
+                        // The peer rekeys it and will delete it.
+                        old.rekey_at = None;
+                        old.replaced = true;
+                    }
+                }
+            }
         }
         self.child_established(now, sa, child);
         Ok(response)
@@ -675,14 +848,18 @@ impl Endpoint {
         payloads: &[Payload],
     ) -> Result<Vec<Payload>, Refusal> {
         let tunnel = sa.tunnel.clone().ok_or(Refusal::Syntax)?;
-        if sa
-            .outstanding
-            .as_ref()
-            .is_some_and(|o| matches!(o.pending, Pending::RekeyIke { .. }))
-            || sa.superseded
-        {
-            // Our own IKE rekey is under way (or done): the peer retries
-            // later and finds the SA rekeyed (§2.25).
+        // §2.25.2: an IKE SA we are closing (or have rekeyed already) is
+        // not rekeyed, nor one with a child SA exchange of ours in flight;
+        // the peer retries later. Our own IKE SA rekey in flight is a
+        // collision, answered as usual and resolved by nonces (§2.8.2).
+        let colliding = match sa.outstanding.as_ref().map(|o| &o.pending) {
+            Some(Pending::RekeyIke { .. }) => true,
+            Some(Pending::RekeyChild { .. } | Pending::DeleteChild(_) | Pending::DeleteIke) => {
+                return Err(Refusal::TemporaryFailure)
+            }
+            Some(Pending::Dpd | Pending::Handshake) | None => false,
+        };
+        if sa.superseded || sa.rekey_collision.is_some() || matches!(sa.phase, Phase::Deleting) {
             return Err(Refusal::TemporaryFailure);
         }
         let mut offer = None;
@@ -739,28 +916,37 @@ impl Endpoint {
                 data: dh.public().to_vec(),
             }),
         ];
+        let lowest = lowest_nonce(&nonce_i.0, &nonce_r);
         // The peer started the rekey: it is the new SA's original initiator.
-        self.install_rekeyed_ike(
-            now,
-            sa,
-            false,
-            spi_i,
-            spi_r,
-            chosen,
-            keys,
-            nonce_i.0.clone(),
-            nonce_r,
-        );
+        let new = self
+            .install_rekeyed_ike(
+                now,
+                sa,
+                false,
+                spi_i,
+                spi_r,
+                chosen,
+                keys,
+                nonce_i.0.clone(),
+                nonce_r,
+            )
+            .ok_or(Refusal::NoProposalChosen)?;
+        if colliding {
+            // Which new SA survives is known once our own rekey is answered.
+            sa.rekey_collision = Some((new, lowest));
+        } else {
+            self.adopt_children(now, sa, new);
+        }
         Ok(response)
     }
 
-    /// Creates the IKE SA that replaces `old` (§2.18), moves the child SAs
-    /// over and marks `old` superseded.
+    /// Creates an IKE SA that may replace `old` (§2.18): same peer, path and
+    /// tunnel, new keys, no child SAs yet (see [`Endpoint::adopt_children`]).
     #[allow(clippy::too_many_arguments)]
     fn install_rekeyed_ike(
         &mut self,
         now: Instant,
-        old: &mut IkeSa,
+        old: &IkeSa,
         initiator: bool,
         spi_i: u64,
         spi_r: u64,
@@ -768,10 +954,8 @@ impl Endpoint {
         keys: crate::keys::IkeKeys,
         nonce_i: Vec<u8>,
         nonce_r: Vec<u8>,
-    ) {
-        let Some(sk) = SkCrypto::new(&keys) else {
-            return;
-        };
+    ) -> Option<IkeSaHandle> {
+        let sk = SkCrypto::new(&keys)?;
         let tunnel = old.tunnel.clone();
         let (rekey_at, expire_at) = match &tunnel {
             Some(t) => {
@@ -781,61 +965,34 @@ impl Endpoint {
             None => (None, None),
         };
         let handle = self.new_handle();
-        let mut new = IkeSa {
-            handle,
-            initiator,
+        let new = IkeSa {
             spi_i,
             spi_r,
-            local: old.local,
-            remote: old.remote,
             tunnel,
             remote_id: old.remote_id.clone(),
-            phase: Phase::Established,
             proposal: Some(chosen),
             keys: Some(keys),
             sk: Some(sk),
             nonce_i,
             nonce_r,
-            init_request: vec![],
-            init_response: vec![],
             nat_local: old.nat_local,
             nat_remote: old.nat_remote,
-            next_request_id: 0,
-            outstanding: None,
-            next_peer_request_id: 0,
-            last_response: None,
-            last_request_hash: None,
-            children: std::mem::take(&mut old.children),
             established_at: Some(now),
-            deadline: None,
-            scheduled: None,
-            tasks: VecDeque::new(),
-            last_heard: now,
             rekey_at,
             expire_at,
-            superseded: false,
-            superseded_at: None,
-            retry_at: None,
             origin: old.origin,
+            ..IkeSa::blank(
+                handle,
+                initiator,
+                old.local,
+                old.remote,
+                Phase::Established,
+                now,
+            )
         };
-        // Tasks for the children move with them.
-        let (theirs, ours): (VecDeque<Task>, VecDeque<Task>) = std::mem::take(&mut old.tasks)
-            .into_iter()
-            .partition(|t| matches!(t, Task::RekeyChild(..) | Task::DeleteChild(_)));
-        new.tasks = theirs;
-        old.tasks = ours;
-        old.superseded = true;
-        old.superseded_at = Some(now + SUPERSEDED_GRACE);
-        old.rekey_at = None;
-        old.retry_at = None;
-        let our_spi = new.our_spi();
-        self.by_spi.insert(our_spi, handle);
-        tracing::debug!(old = old.handle.0, new = handle.0, "IKE SA rekeyed");
-        self.events.push_back(Event::IkeSaRekeyed {
-            old: old.handle,
-            new: new.info(),
-        });
+        self.by_spi.insert(new.our_spi(), handle);
         self.put_back(new);
+        Some(handle)
     }
 
     // ------------------------------------------------------------- helpers
@@ -883,6 +1040,27 @@ impl Endpoint {
         tracing::debug!(tunnel = %tunnel.id, "peer dead; restarting the tunnel");
         let _ = self.initiate(now, &tunnel.id, local, remote);
     }
+}
+
+/// The child SA a rekey of ours replaces, as it was when the rekey began.
+pub(super) struct OldChild {
+    spi_in: u32,
+    local_ts: Vec<TrafficSelector>,
+    remote_ts: Vec<TrafficSelector>,
+    /// See [`Pending::RekeyChild`].
+    collision: Option<(u32, Vec<u8>)>,
+}
+
+/// The lower of an exchange's two nonces.
+fn lowest_nonce(a: &[u8], b: &[u8]) -> Vec<u8> {
+    if nonce_lower(a, b) { a } else { b }.to_vec()
+}
+
+/// Nonce order for collisions (§2.8.1): octet by octet, as unsigned
+/// numbers; where one is a prefix of the other, the shorter is lower (as
+/// strongSwan compares them).
+pub(super) fn nonce_lower(a: &[u8], b: &[u8]) -> bool {
+    a < b
 }
 
 pub(super) fn queue(tasks: &mut VecDeque<Task>, t: Task) {
@@ -952,6 +1130,11 @@ pub(super) fn narrowed_within(got: &Ts, ours: &[TrafficSelector]) -> bool {
 }
 
 impl ChildState {
+    /// Neither being deleted nor replaced.
+    pub(super) fn live(&self) -> bool {
+        !self.deleting && !self.replaced
+    }
+
     pub(super) fn new(child: &ChildSa, rekey_at: Instant, expire_at: Instant) -> ChildState {
         ChildState {
             spi_in: child.spi_in,
@@ -961,6 +1144,7 @@ impl ChildState {
             rekey_at: Some(rekey_at),
             expire_at,
             deleting: false,
+            replaced: false,
         }
     }
 }
@@ -968,13 +1152,13 @@ impl ChildState {
 impl Outstanding {
     pub(super) fn new(
         msg_id: u32,
-        bytes: Vec<u8>,
+        datagrams: Vec<Vec<u8>>,
         next_at: Instant,
         pending: Pending,
     ) -> Outstanding {
         Outstanding {
             msg_id,
-            bytes,
+            datagrams,
             tries: 0,
             next_at,
             pending,

@@ -115,7 +115,18 @@ impl TunnelSpec {
 }
 
 pub fn endpoint(node: u16, seed: u64, tunnels: &[TunnelSpec]) -> Endpoint {
-    let cfg = EndpointConfig::new(node, tunnels.iter().map(TunnelSpec::build).collect());
+    endpoint_with(node, seed, tunnels, |_| {})
+}
+
+/// An endpoint whose config `tweak` adjusts first.
+pub fn endpoint_with(
+    node: u16,
+    seed: u64,
+    tunnels: &[TunnelSpec],
+    tweak: impl FnOnce(&mut EndpointConfig),
+) -> Endpoint {
+    let mut cfg = EndpointConfig::new(node, tunnels.iter().map(TunnelSpec::build).collect());
+    tweak(&mut cfg);
     Endpoint::new(cfg, Box::new(SeededRng::new(seed)))
 }
 
