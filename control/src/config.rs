@@ -13,9 +13,19 @@
 //! dropped. No error ever quotes a line of the file (toml's own error
 //! display does, which could print a key): syntax errors carry toml's
 //! message with our own line and column.
+//!
+//! Certificate tunnels (`auth = "pubkey"`) name PEM or DER files, relative
+//! to the config file's directory; they are read and checked here (the
+//! certificate is valid now and names `local_id`, the key is its key, the
+//! CAs are CAs), so a bad credential starts nothing either. Private key
+//! files are read into a `Secret`, and the key then lives in BoringSSL only.
 
+use anyhub_crypto::sig::PrivateKey;
+use anyhub_crypto::x509::{Certificate, TrustAnchors};
 use anyhub_crypto::Secret;
+use anyhub_ike::auth::{id_in_certificate, PubkeyAuth, TunnelAuth};
 use anyhub_ike::config::DpdAction;
+use anyhub_ike::wire::registry::IdType;
 use anyhub_ike::wire::TrafficSelector;
 use anyhub_ike::{ts, EndpointConfig, Identity, ProposalSpec, TunnelConfig, MAX_NODE_INDEX};
 use serde::{Deserialize, Deserializer};
@@ -24,7 +34,7 @@ use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// `[ike] port` when absent.
 pub const DEFAULT_PORT: u16 = 500;
@@ -171,7 +181,15 @@ struct RawTunnel {
     id: String,
     local_id: String,
     remote_id: String,
-    psk: Psk,
+    /// `"psk"` (default) or `"pubkey"`.
+    auth: Option<String>,
+    /// With `auth = "psk"`.
+    psk: Option<Psk>,
+    /// With `auth = "pubkey"`: our certificate (PEM, optionally followed by
+    /// intermediates to send; or DER), its private key, the CAs we trust.
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+    cacerts: Option<Vec<PathBuf>>,
     ike_proposals: Option<Vec<String>>,
     esp_proposals: Option<Vec<String>>,
     local_ts: Vec<String>,
@@ -227,7 +245,9 @@ impl DaemonConfig {
                 message: e.message().trim_end().replace('\n', "; "),
             }
         })?;
-        from_table(table).map_err(|e| ConfigError::Invalid {
+        // Credential files are named relative to the config file.
+        let base = file.parent().unwrap_or(Path::new("."));
+        from_table(table, base).map_err(|e| ConfigError::Invalid {
             file: file.to_owned(),
             field: e.field,
             message: e.message,
@@ -267,7 +287,7 @@ fn section<T: serde::de::DeserializeOwned>(path: &str, value: toml::Value) -> Re
     })
 }
 
-fn from_table(mut table: toml::Table) -> Result<DaemonConfig> {
+fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
     for key in table.keys() {
         if !matches!(key.as_str(), "node" | "ike" | "tunnel") {
             return Err(FieldError::new(
@@ -340,14 +360,27 @@ fn from_table(mut table: toml::Table) -> Result<DaemonConfig> {
             return Err(FieldError::new(path, "must be a table ([[tunnel]])"));
         }
         let raw: RawTunnel = section(&path, value)?;
-        let (tunnel, remote) = tunnel(&path, raw, &listen)?;
+        let (tunnel, remote) = tunnel(&path, raw, &listen, base)?;
         if let Some(first) = ids.insert(tunnel.id.clone(), i) {
             return Err(FieldError::new(
                 format!("{path}.id"),
                 format!("duplicate tunnel id '{}' (also tunnel[{first}])", tunnel.id),
             ));
         }
-        if let Some(first) = remote_ids.insert(tunnel.remote_id.clone(), i) {
+        // DNs are equal regardless of case and string types: compare those
+        // as DNs, everything else by value.
+        let same_dn = || {
+            tunnels.iter().position(|t| {
+                t.remote_id.ty == IdType::DER_ASN1_DN
+                    && t.remote_id.matches(&tunnel.remote_id.to_wire())
+            })
+        };
+        let duplicate = match remote_ids.insert(tunnel.remote_id.clone(), i) {
+            Some(first) => Some(first),
+            None if tunnel.remote_id.ty == IdType::DER_ASN1_DN => same_dn(),
+            None => None,
+        };
+        if let Some(first) = duplicate {
             return Err(FieldError::new(
                 format!("{path}.remote_id"),
                 format!(
@@ -462,6 +495,7 @@ fn tunnel(
     path: &str,
     raw: RawTunnel,
     listen: &[IpAddr],
+    base: &Path,
 ) -> Result<(TunnelConfig, Option<SocketAddr>)> {
     let field = |name: &str| format!("{path}.{name}");
     let id = raw.id.trim();
@@ -472,9 +506,7 @@ fn tunnel(
         Identity::parse(&raw.local_id).map_err(|e| FieldError::new(field("local_id"), e))?;
     let remote_id =
         Identity::parse(&raw.remote_id).map_err(|e| FieldError::new(field("remote_id"), e))?;
-    if raw.psk.0.is_empty() {
-        return Err(FieldError::new(field("psk"), "must not be empty"));
-    }
+    let (auth, local_id) = tunnel_auth(path, &raw, local_id, &remote_id, base)?;
     let ike_proposals = proposals(
         &field("ike_proposals"),
         raw.ike_proposals,
@@ -547,7 +579,7 @@ fn tunnel(
         id: Arc::from(id),
         local_id,
         remote_id,
-        psk: raw.psk.0,
+        auth,
         ike_proposals,
         esp_proposals,
         local_ts,
@@ -560,6 +592,177 @@ fn tunnel(
         dpd_action,
     };
     Ok((tunnel, target))
+}
+
+/// `auth`, `psk`, `cert`, `key`, `cacerts`: the tunnel's authentication,
+/// and `local_id` as we send it (a DN equal to our certificate's subject is
+/// sent exactly as the certificate encodes it).
+fn tunnel_auth(
+    path: &str,
+    raw: &RawTunnel,
+    local_id: Identity,
+    remote_id: &Identity,
+    base: &Path,
+) -> Result<(TunnelAuth, Identity)> {
+    let field = |name: &str| format!("{path}.{name}");
+    match raw.auth.as_deref() {
+        None | Some("psk") => {
+            for (name, set) in [
+                ("cert", raw.cert.is_some()),
+                ("key", raw.key.is_some()),
+                ("cacerts", raw.cacerts.is_some()),
+            ] {
+                if set {
+                    return Err(FieldError::new(
+                        field(name),
+                        "is only used with auth = \"pubkey\"",
+                    ));
+                }
+            }
+            let Some(psk) = &raw.psk else {
+                return Err(FieldError::new(
+                    path,
+                    "missing field `psk` (or set auth = \"pubkey\" with cert, key and cacerts)",
+                ));
+            };
+            if psk.0.is_empty() {
+                return Err(FieldError::new(field("psk"), "must not be empty"));
+            }
+            Ok((TunnelAuth::Psk(psk.0.clone()), local_id))
+        }
+        Some("pubkey") => {
+            if raw.psk.is_some() {
+                return Err(FieldError::new(
+                    field("psk"),
+                    "is not used with auth = \"pubkey\" (remove it)",
+                ));
+            }
+            let need = |name: &str, v: &Option<PathBuf>| -> Result<PathBuf> {
+                v.as_ref().map(|p| base.join(p)).ok_or_else(|| {
+                    FieldError::new(field(name), "is required with auth = \"pubkey\"")
+                })
+            };
+            let cert_file = need("cert", &raw.cert)?;
+            let key_file = need("key", &raw.key)?;
+            let ca_files = match &raw.cacerts {
+                Some(v) if !v.is_empty() => v.iter().map(|p| base.join(p)).collect::<Vec<_>>(),
+                _ => {
+                    return Err(FieldError::new(
+                        field("cacerts"),
+                        "must name at least one CA certificate file with auth = \"pubkey\"",
+                    ))
+                }
+            };
+
+            let certs = read_certs(&field("cert"), &cert_file)?;
+            let mut certs = certs.into_iter();
+            let cert = certs.next().expect("read_certs returns at least one");
+            let chain: Vec<Certificate> = certs.collect();
+            let now = SystemTime::now();
+            if !cert.valid_at(now) {
+                return Err(FieldError::new(
+                    field("cert"),
+                    format!(
+                        "{}: the certificate '{}' is expired or not yet valid",
+                        cert_file.display(),
+                        cert.subject()
+                    ),
+                ));
+            }
+            let key_bytes = Secret::new(read_file(&field("key"), &key_file)?);
+            let key = PrivateKey::from_pem_or_der(key_bytes.as_bytes()).map_err(|e| {
+                FieldError::new(field("key"), format!("{}: {e}", key_file.display()))
+            })?;
+            drop(key_bytes);
+
+            let mut cas = Vec::new();
+            for (i, f) in ca_files.iter().enumerate() {
+                let name = format!("{}[{i}]", field("cacerts"));
+                for ca in read_certs(&name, f)? {
+                    if !ca.is_ca() {
+                        return Err(FieldError::new(
+                            name,
+                            format!(
+                                "{}: '{}' is not a CA certificate (no basicConstraints CA:TRUE)",
+                                f.display(),
+                                ca.subject()
+                            ),
+                        ));
+                    }
+                    cas.push(ca);
+                }
+            }
+            let anchors =
+                TrustAnchors::new(cas).map_err(|e| FieldError::new(field("cacerts"), e))?;
+
+            // The peer must find our ID in our certificate (RFC 4945 §3.1).
+            if !id_in_certificate(&local_id.to_wire(), &cert) {
+                let mut names: Vec<String> = cert
+                    .dns_names()
+                    .into_iter()
+                    .map(|d| format!("fqdn:{d}"))
+                    .collect();
+                names.extend(cert.emails().into_iter().map(|e| format!("email:{e}")));
+                names.extend(cert.ip_addresses().iter().filter_map(|a| match a.len() {
+                    4 => Some(
+                        std::net::Ipv4Addr::from(<[u8; 4]>::try_from(&a[..]).ok()?).to_string(),
+                    ),
+                    16 => Some(
+                        std::net::Ipv6Addr::from(<[u8; 16]>::try_from(&a[..]).ok()?).to_string(),
+                    ),
+                    _ => None,
+                }));
+                return Err(FieldError::new(
+                    field("local_id"),
+                    format!(
+                        "'{local_id}' is not in {} (subject '{}'{}{})",
+                        cert_file.display(),
+                        cert.subject(),
+                        if names.is_empty() {
+                            ", no subjectAltNames"
+                        } else {
+                            ", subjectAltNames "
+                        },
+                        names.join(", ")
+                    ),
+                ));
+            }
+            if remote_id.ty == IdType::KEY_ID {
+                return Err(FieldError::new(
+                    field("remote_id"),
+                    "a keyid names no certificate field: use the peer's subject DN or a subjectAltName (fqdn, email, IP)",
+                ));
+            }
+            let local_id = if local_id.ty == IdType::DER_ASN1_DN {
+                Identity::dn(cert.subject_der())
+                    .map_err(|e| FieldError::new(field("local_id"), e))?
+            } else {
+                local_id
+            };
+            let auth = PubkeyAuth::new(cert, chain, key, anchors).map_err(|e| {
+                FieldError::new(
+                    field("key"),
+                    format!("{} with {}: {e}", key_file.display(), cert_file.display()),
+                )
+            })?;
+            Ok((TunnelAuth::Pubkey(Arc::new(auth)), local_id))
+        }
+        Some(other) => Err(FieldError::new(
+            field("auth"),
+            format!("'{other}': expected \"psk\" or \"pubkey\""),
+        )),
+    }
+}
+
+fn read_file(field: &str, file: &Path) -> Result<Vec<u8>> {
+    std::fs::read(file).map_err(|e| FieldError::new(field, format!("{}: {e}", file.display())))
+}
+
+/// The certificates of a PEM (one or more) or DER file; at least one.
+fn read_certs(field: &str, file: &Path) -> Result<Vec<Certificate>> {
+    let bytes = read_file(field, file)?;
+    Certificate::parse_pem_or_der(&bytes)
+        .map_err(|e| FieldError::new(field, format!("{}: {e}", file.display())))
 }
 
 fn proposals<E: fmt::Display>(
@@ -793,7 +996,9 @@ remote_ts = ["10.10.0.0/24"]
         let a = c.endpoint.tunnel("site-a").unwrap();
         assert_eq!(a.local_id, Identity::parse("fqdn:hub.example.net").unwrap());
         assert_eq!(a.remote_id.ty, IdType::FQDN);
-        assert_eq!(a.psk, Secret::from_slice(b"correct horse battery staple"));
+        assert!(
+            matches!(&a.auth, TunnelAuth::Psk(k) if *k == Secret::from_slice(b"correct horse battery staple"))
+        );
         assert_eq!(
             a.ike_proposals,
             [ProposalSpec::parse_ike("aes256gcm16-prfsha256-x25519").unwrap()]
@@ -1038,6 +1243,21 @@ remote_ts = ["10.10.0.0/24"]
             msg.contains("also the remote_id of tunnel[0] (site-a)"),
             "{msg}"
         );
+        // The same DN in other case and spacing.
+        let dn = |t: &str, id: &str| t.replace("\"site-a.example.net\"", &format!("\"{id}\""));
+        let first = dn(MINIMAL, "C=CH, O=Customer, CN=site-a");
+        let second = dn(
+            &MINIMAL
+                .split("[[tunnel]]")
+                .nth(1)
+                .unwrap()
+                .replace("site-a\"", "site-b\""),
+            "c=ch,o=CUSTOMER,cn=site-a",
+        );
+        err(
+            &format!("{first}[[tunnel]]{second}"),
+            "tunnel[1] (site-b).remote_id",
+        );
     }
 
     #[test]
@@ -1185,5 +1405,239 @@ remote_ts = ["10.10.0.0/24"]
         assert_eq!(line_column("ab\ncdé\nx", 3), (2, 1));
         assert_eq!(line_column("ab\ncdé\nx", 8), (3, 1));
         assert_eq!(line_column("ab\ncdé\nx", 7), (2, 4));
+    }
+
+    /// Certificate files for `auth = "pubkey"` tests, in a directory of
+    /// their own that is removed afterwards.
+    struct Creds {
+        dir: PathBuf,
+    }
+
+    impl Drop for Creds {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    impl Creds {
+        fn new(name: &str) -> Creds {
+            use anyhub_crypto::sig::{Curve, KeyKind};
+            use anyhub_crypto::x509::test_pki::{self, Spec};
+            let dir =
+                std::env::temp_dir().join(format!("anyhub-config-{}-{name}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&dir);
+            std::fs::create_dir_all(&dir).unwrap();
+            let root = test_pki::ca("C=CH, O=anyhub, CN=Root", KeyKind::Ec(Curve::P256));
+            let inter = test_pki::issue(
+                Some(&root),
+                &Spec {
+                    ca: true,
+                    ..Spec::new("C=CH, O=anyhub, CN=Intermediate")
+                },
+            );
+            let hub = test_pki::issue(
+                Some(&inter),
+                &Spec {
+                    dns: &["hub.example.net"],
+                    key: KeyKind::Rsa { bits: 2048 },
+                    ..Spec::new("C=CH, O=anyhub, CN=hub")
+                },
+            );
+            let now = SystemTime::now();
+            let old = test_pki::issue(
+                Some(&root),
+                &Spec {
+                    dns: &["hub.example.net"],
+                    not_before: now - Duration::from_secs(10 * 86_400),
+                    not_after: now - Duration::from_secs(86_400),
+                    ..Spec::new("CN=old")
+                },
+            );
+            let w = |f: &str, b: &[u8]| std::fs::write(dir.join(f), b).unwrap();
+            // hub.pem: the certificate, then the intermediate to send along.
+            w(
+                "hub.pem",
+                &[hub.cert.to_pem(), inter.cert.to_pem()].concat(),
+            );
+            w("hub.der", hub.cert.der());
+            w("hub.key", hub.key_pem().as_bytes());
+            w("ca.pem", &root.cert.to_pem());
+            w("other.key", root.key_pem().as_bytes());
+            w("old.pem", &old.cert.to_pem());
+            w("old.key", old.key_pem().as_bytes());
+            w(
+                "junk.pem",
+                b"-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n",
+            );
+            Creds { dir }
+        }
+
+        fn file(&self) -> PathBuf {
+            self.dir.join("anyhubd.toml")
+        }
+
+        /// MINIMAL with its PSK replaced by `lines`.
+        fn config(&self, lines: &str) -> String {
+            MINIMAL.replace("psk = \"a long secret\"", lines).replace(
+                "local_id = \"hub.example.net\"",
+                "local_id = \"fqdn:hub.example.net\"",
+            )
+        }
+
+        fn parse(&self, lines: &str) -> Result<DaemonConfig, ConfigError> {
+            DaemonConfig::parse(&self.config(lines), &self.file())
+        }
+
+        fn err(&self, lines: &str, field: &str) -> String {
+            let e = self.parse(lines).expect_err("config accepted");
+            let msg = e.to_string();
+            let file = self.file();
+            assert!(
+                msg.starts_with(&format!("{}: {field}: ", file.display())),
+                "expected field '{field}' in: {msg}"
+            );
+            msg
+        }
+    }
+
+    const PUBKEY: &str =
+        "auth = \"pubkey\"\ncert = \"hub.pem\"\nkey = \"hub.key\"\ncacerts = [\"ca.pem\"]";
+
+    #[test]
+    fn pubkey_tunnel_loads_relative_to_the_config_file() {
+        let c = Creds::new("ok");
+        let cfg = c.parse(PUBKEY).unwrap();
+        let t = &cfg.endpoint.tunnels[0];
+        let TunnelAuth::Pubkey(p) = &t.auth else {
+            panic!("{:?}", t.auth)
+        };
+        assert_eq!(p.cert.subject(), "C=CH, O=anyhub, CN=hub");
+        assert_eq!(p.chain.len(), 1, "the intermediate after it is sent too");
+        assert_eq!(p.cas.certs().len(), 1);
+        // Debug shows names, never the key.
+        let dbg = format!("{cfg:?}");
+        assert!(dbg.contains("PrivateKey(RSA-2048, <redacted>)"), "{dbg}");
+        let key_pem = std::fs::read_to_string(c.dir.join("hub.key")).unwrap();
+        let body = key_pem.lines().nth(1).unwrap();
+        assert!(!dbg.contains(body));
+        // DER works too; absolute paths are taken as they are.
+        let abs = format!(
+            "auth = \"pubkey\"\ncert = \"{}\"\nkey = \"hub.key\"\ncacerts = [\"ca.pem\"]",
+            c.dir.join("hub.der").display()
+        );
+        let cfg = c.parse(&abs).unwrap();
+        let TunnelAuth::Pubkey(p) = &cfg.endpoint.tunnels[0].auth else {
+            panic!()
+        };
+        assert!(p.chain.is_empty());
+    }
+
+    #[test]
+    fn a_dn_local_id_is_sent_as_the_certificate_encodes_it() {
+        let c = Creds::new("dn");
+        let text = c.config(PUBKEY).replace(
+            "local_id = \"fqdn:hub.example.net\"",
+            "local_id = \"c=ch, o=ANYHUB, cn=hub\"",
+        );
+        let cfg = DaemonConfig::parse(&text, &c.file()).unwrap();
+        let t = &cfg.endpoint.tunnels[0];
+        let TunnelAuth::Pubkey(p) = &t.auth else {
+            panic!()
+        };
+        assert_eq!(t.local_id.data, p.cert.subject_der());
+        // Not in the certificate: refused, with what the certificate holds.
+        let text = c.config(PUBKEY).replace(
+            "local_id = \"fqdn:hub.example.net\"",
+            "local_id = \"fqdn:other.example.net\"",
+        );
+        let e = DaemonConfig::parse(&text, &c.file())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("tunnel[0] (site-a).local_id: 'fqdn:other.example.net' is not in")
+                && e.contains("subjectAltNames fqdn:hub.example.net"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn pubkey_errors_name_the_field_and_the_file() {
+        let c = Creds::new("errors");
+        let with = |from: &str, to: &str| PUBKEY.replace(from, to);
+        let t = "tunnel[0] (site-a)";
+        for (lines, field, needle) in [
+            (
+                with("cert = \"hub.pem\"\n", ""),
+                format!("{t}.cert"),
+                "is required",
+            ),
+            (
+                with("key = \"hub.key\"\n", ""),
+                format!("{t}.key"),
+                "is required",
+            ),
+            (
+                with("cacerts = [\"ca.pem\"]", "cacerts = []"),
+                format!("{t}.cacerts"),
+                "at least one",
+            ),
+            (
+                with("hub.pem", "missing.pem"),
+                format!("{t}.cert"),
+                "missing.pem: No such file",
+            ),
+            (
+                with("hub.pem", "junk.pem"),
+                format!("{t}.cert"),
+                "junk.pem: not an X.509",
+            ),
+            (
+                with("hub.key", "hub.pem"),
+                format!("{t}.key"),
+                "hub.pem: not a PEM or DER private key",
+            ),
+            (
+                with("hub.key", "other.key"),
+                format!("{t}.key"),
+                "does not belong to the certificate",
+            ),
+            (
+                with("[\"ca.pem\"]", "[\"ca.pem\", \"hub.der\"]"),
+                format!("{t}.cacerts[1]"),
+                "is not a CA certificate",
+            ),
+            (
+                with(
+                    "cert = \"hub.pem\"\nkey = \"hub.key\"",
+                    "cert = \"old.pem\"\nkey = \"old.key\"",
+                ),
+                format!("{t}.cert"),
+                "expired",
+            ),
+            (
+                format!("{PUBKEY}\npsk = \"x\""),
+                format!("{t}.psk"),
+                "not used with auth",
+            ),
+            (
+                with("pubkey", "rsa"),
+                format!("{t}.auth"),
+                "expected \"psk\" or \"pubkey\"",
+            ),
+            (
+                "psk = \"s\"\ncert = \"hub.pem\"".to_string(),
+                format!("{t}.cert"),
+                "only used with auth = \"pubkey\"",
+            ),
+        ] {
+            let msg = c.err(&lines, &field);
+            assert!(msg.contains(needle), "{needle:?} not in {msg}");
+        }
+        let text = c.config(PUBKEY).replace(
+            "remote_id = \"site-a.example.net\"",
+            "remote_id = \"keyid:#0a0b\"",
+        );
+        let e = DaemonConfig::parse(&text, &c.file()).unwrap_err();
+        assert_eq!(e.field(), Some("tunnel[0] (site-a).remote_id"));
     }
 }

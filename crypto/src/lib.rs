@@ -14,6 +14,8 @@
 //! | [`cipher`] | AES-CBC (RFC 3602), in place, caller pads | IKE SK payload, ESP |
 //! | [`aead`] | AES-GCM (RFC 4106/5282) and ChaCha20-Poly1305 (RFC 7634) with salt‖IV nonces | IKE SK payload, ESP |
 //! | [`dh`] | MODP-2048, ECP-256/384, Curve25519 key exchange (RFC 7296 §3.4) | IKE |
+//! | [`sig`] | RSA (PKCS#1 v1.5, PSS) and ECDSA signatures, RFC 7427 AlgorithmIdentifiers | IKE certificate authentication |
+//! | [`x509`] | certificates, chain validation against trust anchors, DNs, CERTREQ hashes | IKE certificate authentication |
 //!
 //! Dataplane-facing types ([`aead::AeadKey`], [`integ::IntegKey`],
 //! [`cipher::AesCbc`]) expand their keys once at construction; sealing,
@@ -36,7 +38,9 @@ pub mod integ;
 pub mod prf;
 pub mod rng;
 pub mod secret;
+pub mod sig;
 mod sys;
+pub mod x509;
 
 pub use error::CryptoError;
 pub use rng::{Rng, SeededRng, SystemRng};

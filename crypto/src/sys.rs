@@ -420,3 +420,25 @@ impl Drop for ModpDh {
         unsafe { ffi::DH_free(self.0.as_ptr()) }
     }
 }
+
+// ---------------------------------------------------------------------------
+// X.509 extension flags
+// ---------------------------------------------------------------------------
+
+/// `X509_check_ca`: whether basicConstraints marks `cert` as a CA.
+pub(crate) fn x509_is_ca(cert: &boring::x509::X509Ref) -> bool {
+    use foreign_types::ForeignTypeRef;
+    // SAFETY: `cert` is a live, parsed X509 borrowed for the call;
+    // X509_check_ca only reads it (and caches decoded extensions inside it,
+    // under BoringSSL's own lock).
+    unsafe { ffi::X509_check_ca(cert.as_ptr()) > 0 }
+}
+
+/// `X509_get_key_usage`: the keyUsage bits, or `None` when the certificate
+/// has no keyUsage extension (BoringSSL then returns all ones).
+pub(crate) fn x509_key_usage(cert: &boring::x509::X509Ref) -> Option<u32> {
+    use foreign_types::ForeignTypeRef;
+    // SAFETY: as above; read-only on a live X509.
+    let ku = unsafe { ffi::X509_get_key_usage(cert.as_ptr()) };
+    (ku != u32::MAX).then_some(ku)
+}

@@ -14,7 +14,7 @@ fn endpoint() -> Endpoint {
         id: "site-a".into(),
         local_id: Identity::parse("hub.example.net").unwrap(),
         remote_id: Identity::parse("site-a.example.net").unwrap(),
-        psk: Secret::from_slice(b"fuzzing psk"),
+        auth: anyhub_ike::TunnelAuth::Psk(Secret::from_slice(b"fuzzing psk")),
         ike_proposals: ["aes256gcm16-prfsha256-x25519", "aes128-sha256-ecp256"]
             .iter()
             .map(|p| ProposalSpec::parse_ike(p).unwrap())

@@ -3,13 +3,13 @@
 //! The daemon builds this from its TOML file; this module holds the already
 //! validated, typed form (no strings left to parse on the hot path).
 
+pub use crate::auth::{PubkeyAuth, TunnelAuth};
 use crate::identity::Identity;
 use crate::proposal::ProposalSpec;
 use crate::wire::TrafficSelector;
-use anyhub_crypto::Secret;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant, SystemTime};
 
 /// The highest node index: node indices live in 12 bits of every SPI the
 /// node allocates (see [`crate::spi`]).
@@ -21,8 +21,9 @@ pub struct TunnelConfig {
     pub id: Arc<str>,
     pub local_id: Identity,
     pub remote_id: Identity,
-    /// The pre-shared key; `Secret` keeps it out of `Debug` and zeroizes it.
-    pub psk: Secret,
+    /// How both sides authenticate: a pre-shared key, or certificates and
+    /// signatures (RFC 7296 §2.15, RFC 7427).
+    pub auth: TunnelAuth,
     pub ike_proposals: Vec<ProposalSpec>,
     pub esp_proposals: Vec<ProposalSpec>,
     /// Our side of the tunnel.
@@ -73,6 +74,34 @@ impl Default for RetransmitConfig {
     }
 }
 
+/// Where wall-clock time comes from. Only certificate validity needs it
+/// (notBefore/notAfter are calendar times, which an `Instant` cannot give).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WallClock {
+    /// `SystemTime::now()` when a certificate is checked: production.
+    System,
+    /// `wall` was the time at `instant`; later times follow the `now` the
+    /// endpoint is driven with, so a virtual clock moves certificate time
+    /// too (tests).
+    Anchored { instant: Instant, wall: SystemTime },
+}
+
+impl WallClock {
+    /// The wall-clock time at `now`.
+    pub fn at(self, now: Instant) -> SystemTime {
+        match self {
+            WallClock::System => SystemTime::now(),
+            WallClock::Anchored { instant, wall } => {
+                if now >= instant {
+                    wall + (now - instant)
+                } else {
+                    wall - (instant - now)
+                }
+            }
+        }
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct EndpointConfig {
     /// This node's index in the fleet, 1..=[`MAX_NODE_INDEX`].
@@ -95,6 +124,8 @@ pub struct EndpointConfig {
     /// The local port that carries IKE with the non-ESP marker (RFC 3948);
     /// transmits from it are flagged [`crate::Transmit::natt`].
     pub natt_port: u16,
+    /// For certificate validity.
+    pub wall_clock: WallClock,
 }
 
 impl EndpointConfig {
@@ -109,6 +140,7 @@ impl EndpointConfig {
             fragmentation: true,
             fragment_size: 1280,
             nat_keepalive: Some(Duration::from_secs(20)),
+            wall_clock: WallClock::System,
         }
     }
 

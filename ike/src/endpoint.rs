@@ -20,6 +20,7 @@
 mod fragment;
 mod lifecycle;
 
+use crate::auth;
 use crate::config::{EndpointConfig, TunnelConfig};
 use crate::event::{
     ChildSa, DirectionKeys, Event, IkeSaHandle, IkeSaInfo, IkeState, SaEndReason, Transmit,
@@ -30,12 +31,12 @@ use crate::proposal::{self, DhPolicy, ProposalSpec, Selected};
 use crate::sk::{OpenError, SkCrypto};
 use crate::spi;
 use crate::ts;
-use crate::wire::registry::{AuthMethod, DhId, ExchangeType, NotifyType, PayloadType, ProtocolId};
+use crate::wire::registry::{DhId, ExchangeType, NotifyType, PayloadType, ProtocolId};
 use crate::wire::{
-    Auth, Delete, Encrypted, Flags, Header, Ke, Message, Nonce, Notify, Payload, SaPayload,
+    Delete, Encrypted, Flags, Header, Ke, Message, Nonce, Notify, Payload, SaPayload,
     TrafficSelector, Ts,
 };
-use anyhub_crypto::{prf, secret::ct_eq, Rng};
+use anyhub_crypto::{prf, Rng};
 use fragment::{max_message_len, Collected, Reassembly};
 use lifecycle::{queue, Pending, Task};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -974,6 +975,10 @@ impl Endpoint {
                 nat_detection_hash(spi_i, spi_r, remote).to_vec(),
             )));
         }
+        payloads.extend(auth::init_response_payloads(
+            &self.config.tunnels,
+            &msg.payloads,
+        ));
         let out = Message {
             header: sa.header(ExchangeType::IKE_SA_INIT, 0, true),
             payloads,
@@ -1164,25 +1169,42 @@ impl Endpoint {
             // stricter. strongSwan, too, refuses the config then.
             return Err(Refusal::AuthenticationFailed);
         }
-        if auth.method != AuthMethod::SHARED_KEY_MIC {
-            return Err(Refusal::AuthenticationFailed);
-        }
         let keys = sa.keys.as_ref().expect("set in IKE_SA_INIT");
-        let expected = keys.psk_auth(&tunnel.psk, true, &sa.init_request, &sa.nonce_r, idi);
-        if !ct_eq(expected.as_bytes(), &auth.data) {
+        let at = self.config.wall_clock.at(now);
+        if let Err(e) = auth::check_peer(
+            &tunnel,
+            keys,
+            true,
+            &sa.init_request,
+            &sa.nonce_r,
+            idi,
+            auth,
+            payloads,
+            at,
+        ) {
+            tracing::debug!(tunnel = %tunnel.id, remote = %sa.remote, reason = %e, "initiator not authenticated");
             return Err(Refusal::AuthenticationFailed);
         }
 
-        // Authenticated.
+        // Authenticated. We sign with a hash from the initiator's
+        // SIGNATURE_HASH_ALGORITHMS (RFC 7427 §4), kept in its IKE_SA_INIT.
+        let peer_hashes = Message::parse(&sa.init_request)
+            .ok()
+            .and_then(|m| auth::peer_hashes(&m.payloads));
         let our_id = tunnel.local_id.to_wire();
-        let our_auth = keys.psk_auth(&tunnel.psk, false, &sa.init_response, &sa.nonce_i, &our_id);
-        let mut response = vec![
-            Payload::IdR(our_id),
-            Payload::Auth(Auth {
-                method: AuthMethod::SHARED_KEY_MIC,
-                data: our_auth.as_bytes().to_vec(),
-            }),
-        ];
+        let our_auth = auth::own_auth(
+            &tunnel,
+            keys,
+            false,
+            &sa.init_response,
+            &sa.nonce_i,
+            &our_id,
+            peer_hashes,
+        )
+        .ok_or(Refusal::AuthenticationFailed)?;
+        let mut response = vec![Payload::IdR(our_id)];
+        response.extend(auth::certificate_payloads(&tunnel, false));
+        response.push(Payload::Auth(our_auth));
         sa.phase = Phase::Established;
         sa.deadline = None;
         sa.established_at = Some(now);
@@ -1295,7 +1317,12 @@ impl Endpoint {
         payloads: Vec<Payload>,
     ) -> bool {
         let mut answer = Vec::new();
-        let mut delete_ike = false;
+        // §2.21.2: the initiator could not authenticate us and tells us so
+        // in an INFORMATIONAL: the SA is as good as deleted.
+        let auth_failed = payloads
+            .iter()
+            .any(|p| matches!(p, Payload::Notify(n) if n.ty == NotifyType::AUTHENTICATION_FAILED));
+        let mut delete_ike = auth_failed;
         let mut our_deleted = Vec::new();
         for p in &payloads {
             if let Payload::Delete(d) = p {
@@ -1328,7 +1355,11 @@ impl Endpoint {
             tracing::debug!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), remote = %sa.remote, "IKE SA deleted by peer");
             self.events.push_back(Event::IkeSaDeleted {
                 info: sa.info(),
-                reason: SaEndReason::DeletedByPeer,
+                reason: if auth_failed {
+                    SaEndReason::AuthenticationFailed
+                } else {
+                    SaEndReason::DeletedByPeer
+                },
             });
             return false;
         }
@@ -1528,19 +1559,28 @@ impl Endpoint {
         // IKE_AUTH request (§1.2).
         let our_id = tunnel.local_id.to_wire();
         let keys = sa.keys.as_ref().expect("just set");
-        let auth = keys.psk_auth(&tunnel.psk, true, &sa.init_request, &sa.nonce_r, &our_id);
+        let Some(auth) = auth::own_auth(
+            &tunnel,
+            keys,
+            true,
+            &sa.init_request,
+            &sa.nonce_r,
+            &our_id,
+            auth::peer_hashes(&msg.payloads),
+        ) else {
+            return self.fail(sa, SaEndReason::AuthenticationFailed);
+        };
         let child_spi_in = self.fresh_esp_spi();
         let mut payloads = vec![Payload::IdI(our_id)];
+        // §1.2: IDi, [CERT,] [CERTREQ,] [IDr,] AUTH.
+        payloads.extend(auth::certificate_payloads(&tunnel, true));
         if !self.has_other_sa(&tunnel.id, sa.handle) {
             // §2.4: we hold no other IKE SA with this peer; it may drop its
             // stale ones.
             payloads.push(Payload::Notify(notify(NotifyType::INITIAL_CONTACT, vec![])));
         }
         payloads.push(Payload::IdR(tunnel.remote_id.to_wire()));
-        payloads.push(Payload::Auth(Auth {
-            method: AuthMethod::SHARED_KEY_MIC,
-            data: auth.as_bytes().to_vec(),
-        }));
+        payloads.push(Payload::Auth(auth));
         let proposals = tunnel
             .esp_proposals
             .iter()
@@ -1608,13 +1648,35 @@ impl Endpoint {
             );
         };
         let keys = sa.keys.as_ref().expect("set after IKE_SA_INIT");
-        let expected = keys.psk_auth(&tunnel.psk, false, &sa.init_response, &sa.nonce_i, idr);
-        if !tunnel.remote_id.matches(idr)
-            || auth.method != AuthMethod::SHARED_KEY_MIC
-            || !ct_eq(expected.as_bytes(), &auth.data)
-        {
+        let checked = if tunnel.remote_id.matches(idr) {
+            let at = self.config.wall_clock.at(now);
+            auth::check_peer(
+                &tunnel,
+                keys,
+                false,
+                &sa.init_response,
+                &sa.nonce_i,
+                idr,
+                auth,
+                &payloads,
+                at,
+            )
+            .map_err(|e| e.to_string())
+        } else {
+            Err(format!("unexpected IDr {}", Identity::from_wire(idr)))
+        };
+        if let Err(reason) = checked {
             self.counters.auth_failed += 1;
-            tracing::debug!(tunnel = %tunnel.id, "responder failed authentication");
+            tracing::debug!(tunnel = %tunnel.id, %reason, "responder failed authentication");
+            // The responder considers the SA up: tell it (§2.21.2), once,
+            // so that neither side keeps anything.
+            self.send_request(
+                now,
+                sa,
+                ExchangeType::INFORMATIONAL,
+                vec![Payload::Notify(Refusal::AuthenticationFailed.notify())],
+                Pending::Dpd,
+            );
             return self.fail(sa, SaEndReason::AuthenticationFailed);
         }
         sa.remote_id = Some(Identity::from_wire(idr));
@@ -1731,6 +1793,7 @@ impl Endpoint {
             NotifyType::NAT_DETECTION_DESTINATION_IP,
             nat_detection_hash(sa.spi_i, 0, sa.remote).to_vec(),
         )));
+        payloads.extend(auth::init_request_payloads(&tunnel));
         let bytes = Message {
             header: sa.header(ExchangeType::IKE_SA_INIT, 0, false),
             payloads,

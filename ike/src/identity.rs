@@ -4,6 +4,7 @@
 //! that any node can answer any customer (DESIGN.md).
 
 use crate::wire::{registry::IdType, Id};
+use anyhub_crypto::x509;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -22,12 +23,33 @@ pub struct IdentityError(pub String);
 impl Identity {
     /// Parses strongSwan's identity syntax:
     /// `fqdn:x`, `email:x` / `rfc822:x`, `keyid:x` (literal) or `keyid:#0a0b` (hex),
-    /// `ipv4:1.2.3.4`, `ipv6:…`; without a prefix an IP address is ipv4/ipv6,
-    /// `@x` is the FQDN x, a string containing `@` is an email, else an FQDN.
+    /// `ipv4:1.2.3.4`, `ipv6:…`, `asn1dn:#hex` (a DER DN); without a prefix
+    /// an IP address is ipv4/ipv6, a string with `=` a distinguished name
+    /// (`C=CH, O=strongSwan, CN=site`, ID_DER_ASN1_DN), `@x` is the FQDN x,
+    /// a string containing `@` is an email, else an FQDN.
     pub fn parse(s: &str) -> Result<Identity, IdentityError> {
         let s = s.trim();
         if s.is_empty() {
             return Err(IdentityError("identity is empty".into()));
+        }
+        if let Some(v) = s.strip_prefix("asn1dn:") {
+            let hex = v.strip_prefix('#').ok_or_else(|| {
+                IdentityError(format!("'{s}': asn1dn: takes hex, as asn1dn:#3031…"))
+            })?;
+            let der = parse_hex(hex)?;
+            if !x509::dn_valid(&der) {
+                return Err(IdentityError(format!(
+                    "'{s}' is not a DER distinguished name"
+                )));
+            }
+            return Identity::dn(der);
+        }
+        let typed = ["fqdn:", "email:", "rfc822:", "keyid:", "ipv4:", "ipv6:"]
+            .iter()
+            .any(|p| s.starts_with(p));
+        if !typed && s.contains('=') {
+            let der = x509::dn_from_text(s).map_err(|e| IdentityError(e.to_string()))?;
+            return Identity::dn(der);
         }
         let (ty, data) = if let Some(v) = s.strip_prefix("fqdn:") {
             (IdType::FQDN, v.as_bytes().to_vec())
@@ -74,6 +96,19 @@ impl Identity {
         Ok(Identity { ty, data })
     }
 
+    /// An ID_DER_ASN1_DN identity from a DER `Name`.
+    pub fn dn(der: Vec<u8>) -> Result<Identity, IdentityError> {
+        if der.len() > MAX_DN_LEN {
+            return Err(IdentityError(format!(
+                "distinguished name is longer than {MAX_DN_LEN} octets"
+            )));
+        }
+        Ok(Identity {
+            ty: IdType::DER_ASN1_DN,
+            data: der,
+        })
+    }
+
     pub fn from_ip(ip: IpAddr) -> Identity {
         match ip {
             IpAddr::V4(a) => Identity {
@@ -101,11 +136,19 @@ impl Identity {
         }
     }
 
-    /// Whether a received ID payload names this identity.
+    /// Whether a received ID payload names this identity. Distinguished
+    /// names compare as DNs (RFC 5280 §7.1: case, spacing and string types
+    /// do not matter), everything else octet for octet.
     pub fn matches(&self, id: &Id) -> bool {
-        self.ty == id.ty && self.data == id.data
+        self.ty == id.ty
+            && (self.data == id.data
+                || (self.ty == IdType::DER_ASN1_DN && x509::dn_eq(&self.data, &id.data)))
     }
 }
+
+/// Longest DER DN we take from a config file: real certificate subjects are
+/// a few hundred octets.
+const MAX_DN_LEN: usize = 1024;
 
 fn parse_hex(s: &str) -> Result<Vec<u8>, IdentityError> {
     if s.len() % 2 != 0 || s.is_empty() {
@@ -144,6 +187,15 @@ impl fmt::Display for Identity {
                 f.write_str("keyid:#")?;
                 self.data.iter().try_for_each(|b| write!(f, "{b:02x}"))
             }
+            (IdType::DER_ASN1_DN, _) => match x509::dn_to_text(&self.data) {
+                // Read back as the same DN (parse picks strongSwan's string
+                // types; `matches` ignores them).
+                Some(t) => f.write_str(&t),
+                None => {
+                    f.write_str("asn1dn:#")?;
+                    self.data.iter().try_for_each(|b| write!(f, "{b:02x}"))
+                }
+            },
             (ty, _) => {
                 write!(f, "{ty:?}:#")?;
                 self.data.iter().try_for_each(|b| write!(f, "{b:02x}"))
@@ -194,6 +246,30 @@ mod tests {
             );
         }
         assert_eq!(Identity::parse("::1").unwrap().ty, IdType::IPV6_ADDR);
+    }
+
+    #[test]
+    fn distinguished_names() {
+        let id = Identity::parse("C=CH, O=strongSwan, CN=site").unwrap();
+        assert_eq!(id.ty, IdType::DER_ASN1_DN);
+        assert_eq!(id.to_string(), "C=CH, O=strongSwan, CN=site");
+        assert_eq!(Identity::parse(&id.to_string()).unwrap(), id);
+        // Written differently, the same DN.
+        let other = Identity::parse("c=ch,o=STRONGSWAN,  cn=site").unwrap();
+        assert!(id.matches(&other.to_wire()));
+        assert!(!id.matches(
+            &Identity::parse("C=CH, O=strongSwan, CN=evil")
+                .unwrap()
+                .to_wire()
+        ));
+        // Raw DER, and its round trip.
+        let hex: String = id.data.iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(Identity::parse(&format!("asn1dn:#{hex}")).unwrap(), id);
+        // An FQDN with the same text is not a DN.
+        assert!(!id.matches(&Identity::parse("fqdn:site").unwrap().to_wire()));
+        for bad in ["X=1", "CN=", "asn1dn:#00", "asn1dn:3031", "C=Zürich"] {
+            assert!(Identity::parse(bad).is_err(), "{bad:?} accepted");
+        }
     }
 
     #[test]

@@ -214,11 +214,28 @@ impl IkeKeys {
         }
     }
 
-    /// RFC 7296 §2.15, shared-key authentication:
-    ///   AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>)
-    ///   <SignedOctets> = RealMessage | Nonce of the other side | prf(SK_px, RestOfIDPayload)
+    /// RFC 7296 §2.15: the octets every AUTH covers, signed with a private
+    /// key or MACed with a shared key:
+    ///   InitiatorSignedOctets = RealMessage1 | NonceRData | MACedIDForI
+    ///   MACedIDForI = prf(SK_pi, RestOfInitIDPayload)
+    /// (for the responder: RealMessage2 | NonceIData | prf(SK_pr, RestOfRespIDPayload)).
     /// `initiator` says whose AUTH this is (SK_pi for the initiator's, SK_pr
     /// for the responder's).
+    pub(crate) fn signed_octets(
+        &self,
+        initiator: bool,
+        real_message: &[u8],
+        other_nonce: &[u8],
+        id: &Id,
+    ) -> Vec<u8> {
+        let prf = self.suite.prf;
+        let sk_p = if initiator { &self.sk_pi } else { &self.sk_pr };
+        let maced_id = prf.compute(sk_p.as_bytes(), &[&id.rest_of_id_payload()]);
+        [real_message, other_nonce, maced_id.as_bytes()].concat()
+    }
+
+    /// RFC 7296 §2.15, shared-key authentication:
+    ///   AUTH = prf( prf(Shared Secret, "Key Pad for IKEv2"), <SignedOctets>)
     pub(crate) fn psk_auth(
         &self,
         psk: &Secret,
@@ -228,13 +245,9 @@ impl IkeKeys {
         id: &Id,
     ) -> Secret {
         let prf = self.suite.prf;
-        let sk_p = if initiator { &self.sk_pi } else { &self.sk_pr };
-        let maced_id = prf.compute(sk_p.as_bytes(), &[&id.rest_of_id_payload()]);
         let key = prf.compute(psk.as_bytes(), &[b"Key Pad for IKEv2"]);
-        prf.compute(
-            key.as_bytes(),
-            &[real_message, other_nonce, maced_id.as_bytes()],
-        )
+        let octets = self.signed_octets(initiator, real_message, other_nonce, id);
+        prf.compute(key.as_bytes(), &[&octets])
     }
 
     /// RFC 7296 §2.17:

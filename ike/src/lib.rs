@@ -8,7 +8,10 @@
 //! - [`config`], [`identity`], [`proposal`], [`ts`]: what a tunnel is, in
 //!   strongSwan's vocabulary, and how offers are matched against it.
 //! - [`spi`]: SPIs that carry the allocating node's index.
+//! - [`auth`]: IKE_AUTH with pre-shared keys or certificates (RFC 7427
+//!   signatures, CERT/CERTREQ, chain validation, IDs from certificates).
 
+pub mod auth;
 pub mod config;
 mod endpoint;
 pub mod event;
@@ -20,7 +23,8 @@ pub mod spi;
 pub mod ts;
 pub mod wire;
 
-pub use config::{EndpointConfig, RetransmitConfig, TunnelConfig, MAX_NODE_INDEX};
+pub use auth::{PubkeyAuth, PubkeyError, TunnelAuth};
+pub use config::{EndpointConfig, RetransmitConfig, TunnelConfig, WallClock, MAX_NODE_INDEX};
 pub use endpoint::{nat_detection_hash, Counters, Endpoint, InitiateError, MAX_HALF_OPEN};
 pub use event::{
     ChildSa, DirectionKeys, Event, IkeSaHandle, IkeSaInfo, IkeState, SaEndReason, Transmit,

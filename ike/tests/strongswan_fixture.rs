@@ -119,7 +119,7 @@ fn our_responder_answers_it() {
         id: "site-a".into(),
         local_id: Identity::parse("hub.example.net").unwrap(),
         remote_id: Identity::parse("site-a.example.net").unwrap(),
-        psk: Secret::from_slice(b"fixture"),
+        auth: anyhub_ike::TunnelAuth::Psk(Secret::from_slice(b"fixture")),
         ike_proposals: vec![ProposalSpec::parse_ike("aes256gcm16-prfsha256-x25519").unwrap()],
         esp_proposals: vec![ProposalSpec::parse_esp("aes256gcm16").unwrap()],
         local_ts: vec![ts::parse("10.20.0.0/24").unwrap()],

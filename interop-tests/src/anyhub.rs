@@ -69,7 +69,15 @@ pub struct Tunnel {
     pub initiate: bool,
     /// Extra TOML lines for the tunnel (e.g. `child_lifetime = "8s"`).
     pub extra: Vec<String>,
+    /// `auth = "pubkey"` with the case's `hub.pem`, `hub.key` and `ca.pem`
+    /// (made by `crate::pki` next to the config) instead of `psk`.
+    pub pubkey: bool,
 }
+
+/// The hub's credential files (relative to anyhubd.toml) for a `pubkey` tunnel.
+pub const HUB_CERT: &str = "hub.pem";
+pub const HUB_KEY: &str = "hub.key";
+pub const HUB_CA: &str = "ca.pem";
 
 /// TOML basic string (JSON string escapes are valid TOML escapes).
 fn t(s: &str) -> String {
@@ -98,13 +106,22 @@ pub fn config_toml(tunnels: &[Tunnel], status_socket: &Path, ike_extra: &[String
         s += "\n";
     }
     for tu in tunnels {
+        let auth = if tu.pubkey {
+            format!(
+                "auth = \"pubkey\"\ncert = {}\nkey = {}\ncacerts = [{}]",
+                t(HUB_CERT),
+                t(HUB_KEY),
+                t(HUB_CA)
+            )
+        } else {
+            format!("psk = {}", t(&tu.psk))
+        };
         s += &format!(
-            "\n[[tunnel]]\nid = {}\nlocal_id = {}\nremote_id = {}\npsk = {}\n\
+            "\n[[tunnel]]\nid = {}\nlocal_id = {}\nremote_id = {}\n{auth}\n\
              ike_proposals = {}\nesp_proposals = {}\nlocal_ts = {}\nremote_ts = {}\n",
             t(&tu.id),
             t(&tu.local_id),
             t(&tu.remote_id),
-            t(&tu.psk),
             tlist(&tu.ike_proposals),
             tlist(&tu.esp_proposals),
             tlist(&tu.local_ts),
@@ -433,6 +450,7 @@ mod tests {
                 remote_address: Some("198.51.100.2".into()),
                 initiate: true,
                 extra: vec![],
+                pubkey: false,
             }],
             Path::new("/tmp/x.sock"),
             &[],

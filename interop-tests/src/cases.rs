@@ -15,9 +15,12 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 
-use crate::anyhub::{Anyhubd, Binaries, HubChildSa, HubIkeSa, HubStatus, Tunnel};
+use crate::anyhub::{Anyhubd, Binaries, HubChildSa, HubIkeSa, HubStatus, Tunnel, HUB_CA, HUB_CERT};
 use crate::lab::{self, Lab, HUB_ADDR, HUB_INNER, SITE_ADDR, SITE_INNER};
-use crate::strongswan::{canonical_proposal, telling_log_line, Charon, IkeId, SwanConn, SwanIkeSa};
+use crate::pki::{self, KeyType, PkiSpec};
+use crate::strongswan::{
+    canonical_proposal, telling_log_line, Charon, IkeId, SwanConn, SwanIkeSa, SwanPubkey,
+};
 
 pub const DEFAULT_IKE: &str = "aes256gcm16-prfsha256-x25519";
 pub const DEFAULT_ESP: &str = "aes256gcm16";
@@ -110,6 +113,9 @@ pub struct Case {
     pub hub_ike: Vec<String>,
     /// Counters anyhubd must end with at least these values.
     pub hub_counters_min: Vec<(&'static str, u64)>,
+    /// Certificates to make with `pki` at set-up (the `cert-*` cases; the
+    /// site's connections and hub's tunnels then use `pubkey`).
+    pub pki: Option<PkiSpec>,
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -132,6 +138,7 @@ fn site_conn(name: &str) -> SwanConn {
         start: false,
         conn_extra: Vec::new(),
         child_extra: Vec::new(),
+        pubkey: None,
     }
 }
 
@@ -148,6 +155,7 @@ fn hub_tunnel(id: &str) -> Tunnel {
         remote_address: None,
         initiate: false,
         extra: Vec::new(),
+        pubkey: false,
     }
 }
 
@@ -178,7 +186,26 @@ impl Case {
             site_charon: Vec::new(),
             hub_ike: Vec::new(),
             hub_counters_min: Vec::new(),
+            pki: None,
         }
+    }
+
+    /// `basic`, authenticated with certificates `pki` makes: the site's
+    /// for its ID, the hub's for its ID, both from one CA both trust.
+    fn cert(name: &str, site_key: KeyType, hub_key: KeyType) -> Case {
+        let mut c = Case::basic(name);
+        c.pki = Some(PkiSpec {
+            site_key,
+            hub_key,
+            site_untrusted: false,
+        });
+        c.site[0].pubkey = Some(SwanPubkey {
+            cert: "site.pem".into(),
+            cacert: "ca.pem".into(),
+            local_auth: "pubkey".into(),
+        });
+        c.hub[0].pubkey = true;
+        c
     }
 
     fn up_mut(&mut self) -> &mut Up {
@@ -470,6 +497,88 @@ pub fn all() -> Vec<Case> {
         cases.push(c.site_log(evidence));
     }
 
+    // Certificates (RFC 7427 signatures, CERT/CERTREQ), made with `pki`.
+    // strongSwan signs RSA with PKCS#1 v1.5 / SHA-256 and ECDSA with the
+    // curve's hash once we announce SIGNATURE_HASH_ALGORITHMS; its log
+    // says which scheme it used and that our signature verified.
+    let rsa = KeyType::Rsa(2048);
+    let (p256, p384) = (KeyType::Ecdsa(256), KeyType::Ecdsa(384));
+    cases.push(
+        Case::cert("cert-rsa", rsa, rsa)
+            .site_log("authentication of 'site.example.net' (myself) with RSA_EMSA_PKCS1_SHA2_256 successful")
+            .site_log("authentication of 'hub.example.net' with RSA_EMSA_PKCS1_SHA2_256 successful"),
+    );
+    cases.push(
+        Case::cert("cert-ecdsa", p256, p384)
+            .site_log("authentication of 'site.example.net' (myself) with ECDSA_WITH_SHA256_DER successful")
+            .site_log("authentication of 'hub.example.net' with ECDSA_WITH_SHA384_DER successful"),
+    );
+    cases.push(
+        Case::cert("cert-anyhub-initiates", rsa, p256)
+            .hub_initiates()
+            .site_log("authentication of 'hub.example.net' with ECDSA_WITH_SHA256_DER successful"),
+    );
+    // Distinguished names as IDs (ID_DER_ASN1_DN, strongSwan's syntax):
+    // the certificate's subject itself.
+    cases.push(Case::cert("cert-dn-ids", p256, rsa).ids(
+        "C=CH, O=anyhub interop, CN=site",
+        "C=CH, O=anyhub interop, CN=hub",
+    ));
+    // RSASSA-PSS from strongSwan (not its default: `auth = rsa/pss`).
+    let mut pss = Case::cert("cert-rsa-pss", rsa, rsa)
+        .site_log("(myself) with RSA_EMSA_PSS_SHA2_256_SALT_32 successful");
+    pss.site[0].pubkey.as_mut().unwrap().local_auth = "rsa/pss-sha256".into();
+    cases.push(pss);
+    // The site's certificate comes from a CA the hub does not trust.
+    let mut untrusted = Case::cert("cert-untrusted-ca", rsa, rsa);
+    untrusted.pki.as_mut().unwrap().site_untrusted = true;
+    untrusted.expect = Expect::Refused {
+        notify: "AUTHENTICATION_FAILED",
+        counter: "auth_failed",
+        min: 1,
+        max: 1,
+    };
+    cases.push(untrusted.clone());
+    // The same refused by anyhubd as initiator: it tells strongSwan with
+    // an INFORMATIONAL AUTHENTICATION_FAILED (RFC 7296 §2.21.2), after
+    // which strongSwan must hold nothing either.
+    let mut by_hub = untrusted.hub_initiates();
+    by_hub.name = "cert-untrusted-ca-anyhub-initiates".into();
+    by_hub.anyhub_only = Some("the stand-in hub has no counters to wait for");
+    if let Expect::Refused { notify, .. } = &mut by_hub.expect {
+        // How charon logs the notify it parsed in our INFORMATIONAL.
+        *notify = "INFORMATIONAL request 2 [ N(AUTH_FAILED) ]";
+    }
+    cases.push(by_hub.site_log("deleting IKE_SA site[1]"));
+    // Peers without RFC 7427 (strongSwan with signature_authentication =
+    // no): the classic methods both ways, RSA (1) and ECDSA (9, 10).
+    for (name, site, hub, evidence) in [
+        (
+            "cert-classic-rsa",
+            rsa,
+            rsa,
+            ["RSA signature", "RSA signature"],
+        ),
+        (
+            "cert-classic-ecdsa",
+            p256,
+            p384,
+            ["ECDSA-256 signature", "ECDSA-384 signature"],
+        ),
+    ] {
+        let mut c = Case::cert(name, site, hub)
+            .site_log(&format!(
+                "authentication of 'site.example.net' (myself) with {} successful",
+                evidence[0]
+            ))
+            .site_log(&format!(
+                "authentication of 'hub.example.net' with {} successful",
+                evidence[1]
+            ));
+        c.site_charon.push("signature_authentication = no".into());
+        cases.push(c);
+    }
+
     // A restarted peer's INITIAL_CONTACT replaces its old SAs.
     let mut ic = Case::basic("initial-contact-replaces");
     ic.flow = Flow::SiteRestarts;
@@ -574,6 +683,11 @@ fn stand_in_conns(tunnels: &[Tunnel]) -> Vec<SwanConn> {
             start: t.initiate,
             conn_extra: Vec::new(),
             child_extra: Vec::new(),
+            pubkey: t.pubkey.then(|| SwanPubkey {
+                cert: HUB_CERT.into(),
+                cacert: HUB_CA.into(),
+                local_auth: "pubkey".into(),
+            }),
         })
         .collect()
 }
@@ -696,6 +810,16 @@ pub fn demo_case() -> Case {
 /// Starts both sides, runs the flow, checks the expectation. With `show`,
 /// prints `swanctl --list-sas` and the hub's status at the end.
 fn drive(case: &Case, kind: HubKind, lab: &Lab, show: bool) -> Result<()> {
+    if let Some(spec) = &case.pki {
+        pki::make(
+            spec,
+            &lab.site_dir(),
+            &lab.hub_dir(),
+            &case.site[0].local_id,
+            &case.hub[0].local_id,
+        )
+        .context("making the case's certificates with pki")?;
+    }
     let mut site = Charon::start_with(&lab.site_ns, &lab.site_dir(), &case.site_charon)
         .context("starting the site's charon")?;
     site.load(&case.site).context("site")?;
@@ -704,6 +828,30 @@ fn drive(case: &Case, kind: HubKind, lab: &Lab, show: bool) -> Result<()> {
     let mut said = String::new();
     match case.flow {
         Flow::SiteInitiates => initiate_all(case, &site, &mut said)?,
+        Flow::HubInitiates if matches!(case.expect, Expect::Refused { .. }) => {
+            // No `swanctl --initiate` to read the refusal from: wait for the
+            // hub to count it, then take the site's log as what it was told.
+            let Expect::Refused {
+                counter: name, min, ..
+            } = &case.expect
+            else {
+                unreachable!()
+            };
+            lab::eventually(Duration::from_secs(20), || {
+                let st = hub.status()?;
+                let counters = st
+                    .counters
+                    .as_ref()
+                    .ok_or_else(|| anyhow!("the hub has no counters"))?;
+                let n = counter(counters, name)?;
+                ensure!(
+                    n >= *min,
+                    "hub counter {name} = {n} after 20 s, expected >= {min}"
+                );
+                Ok(())
+            })?;
+            said = std::fs::read_to_string(site.log()).unwrap_or_default();
+        }
         Flow::HubInitiates => {
             lab::eventually(Duration::from_secs(20), || {
                 let sas = site.list_sas()?;

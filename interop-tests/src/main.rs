@@ -19,6 +19,7 @@
 mod anyhub;
 mod cases;
 mod lab;
+mod pki;
 mod strongswan;
 mod sys;
 

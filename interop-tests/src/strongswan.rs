@@ -19,8 +19,10 @@ use anyhow::{anyhow, bail, Context, Result};
 use crate::lab::{self, Output, Proc};
 
 /// The plugin list of the reference recipe (all present in 5.9.8); openssl
-/// provides AES-GCM, ChaCha20-Poly1305, x25519, ECP and MODP.
-const PLUGINS: &str = "random nonce openssl aesni x509 pem pkcs1 pubkey kdf kernel-libipsec \
+/// provides AES-GCM, ChaCha20-Poly1305, x25519, ECP and MODP, and RSA/ECDSA
+/// signatures; x509, pem, pkcs1 and pkcs8 read the `cert-*` cases'
+/// certificates and keys.
+const PLUGINS: &str = "random nonce openssl aesni x509 pem pkcs1 pkcs8 pubkey kdf kernel-libipsec \
                        kernel-netlink socket-default vici updown";
 
 /// The charon binary: $CHARON, else the classic path, else charon-systemd
@@ -68,6 +70,20 @@ pub struct SwanConn {
     pub conn_extra: Vec<String>,
     /// Extra swanctl.conf lines for the child (e.g. `rekey_time = 8s`).
     pub child_extra: Vec<String>,
+    /// Certificate authentication instead of `psk`.
+    pub pubkey: Option<SwanPubkey>,
+}
+
+/// `auth = pubkey` both ways: our certificate (its key in `private/`,
+/// where swanctl loads keys from) and the CA the peer's must chain to; file
+/// names relative to the charon's directory.
+#[derive(Clone, Debug)]
+pub struct SwanPubkey {
+    pub cert: String,
+    pub cacert: String,
+    /// `local.auth`: `pubkey`, or a constraint such as `rsa/pss-sha256`
+    /// that also picks the scheme we sign with.
+    pub local_auth: String,
 }
 
 /// Quotes a value for strongswan.conf syntax ('#' starts a comment unless
@@ -93,14 +109,29 @@ fn qlist(v: &[String]) -> String {
     q(&v.join(","))
 }
 
-pub fn swanctl_conf(conns: &[SwanConn]) -> String {
+/// swanctl.conf for `conns`; certificate files are named relative to `dir`.
+pub fn swanctl_conf(conns: &[SwanConn], dir: &Path) -> String {
     let mut s = String::from("connections {\n");
     for c in conns {
+        let (local_auth, remote_auth) = match &c.pubkey {
+            None => ("auth = psk".to_string(), "auth = psk".to_string()),
+            Some(p) => (
+                format!(
+                    "auth = {}\n      certs = {}",
+                    p.local_auth,
+                    q(&dir.join(&p.cert).display().to_string())
+                ),
+                format!(
+                    "auth = pubkey\n      cacerts = {}",
+                    q(&dir.join(&p.cacert).display().to_string())
+                ),
+            ),
+        };
         s += &format!(
             "  {name} {{\n    version = 2\n    local_addrs = {la}\n    remote_addrs = {ra}\n    \
              proposals = {p}\n    keyingtries = 1\n{conn_extra}    \
-             local {{\n      auth = psk\n      id = {lid}\n    }}\n    \
-             remote {{\n      auth = psk\n      id = {rid}\n    }}\n    \
+             local {{\n      {local_auth}\n      id = {lid}\n    }}\n    \
+             remote {{\n      {remote_auth}\n      id = {rid}\n    }}\n    \
              children {{\n      {child} {{\n        local_ts = {lts}\n        remote_ts = {rts}\n        \
              esp_proposals = {esp}\n{child_extra}{start}      }}\n    }}\n  }}\n",
             name = c.name,
@@ -123,7 +154,7 @@ pub fn swanctl_conf(conns: &[SwanConn]) -> String {
         );
     }
     s += "}\nsecrets {\n";
-    for c in conns {
+    for c in conns.iter().filter(|c| c.pubkey.is_none()) {
         s += &format!(
             "  ike-{name} {{\n    id-1 = {lid}\n    id-2 = {rid}\n    secret = {psk}\n  }}\n",
             name = c.name,
@@ -182,7 +213,7 @@ impl Charon {
     }
 
     /// [`Charon::start`] with extra `charon { … }` settings (e.g.
-    /// `fragment_size = 576`).
+    /// `fragment_size = 576`, `signature_authentication = no`).
     pub fn start_with(ns: &str, dir: &Path, extra: &[String]) -> Result<Charon> {
         let mut charon = Charon {
             ns: ns.to_string(),
@@ -288,7 +319,7 @@ impl Charon {
     /// Writes swanctl.conf and loads it (connections and secrets).
     pub fn load(&self, conns: &[SwanConn]) -> Result<()> {
         let file = self.dir.join("swanctl.conf");
-        fs::write(&file, swanctl_conf(conns))?;
+        fs::write(&file, swanctl_conf(conns, &self.dir))?;
         let file = file.display().to_string();
         let out = self.swanctl(&["--load-all", "--file", &file], Duration::from_secs(10))?;
         // swanctl also scans x509/, private/ ... next to the file and
@@ -637,12 +668,39 @@ pub enum IkeId {
     Email(String),
     KeyId(Vec<u8>),
     Ip(IpAddr),
+    /// A distinguished name: (attribute, value) pairs, attribute names
+    /// upper-cased, values as written.
+    Dn(Vec<(String, String)>),
 }
 
 impl IkeId {
     /// "fqdn:x", "email:x"/"rfc822:x", "keyid:x"/"keyid:#hex", "ipv4:a.b.c.d",
     /// "ipv6:..", or untyped (an IP, "@x" = fqdn, "a@b" = email, else fqdn).
     pub fn parse(s: &str) -> Result<IkeId> {
+        let typed = [
+            "fqdn:",
+            "dns:",
+            "email:",
+            "rfc822:",
+            "userfqdn:",
+            "keyid:",
+            "ipv4:",
+            "ipv6:",
+        ]
+        .iter()
+        .any(|p| s.to_ascii_lowercase().starts_with(p));
+        if !typed && s.contains('=') {
+            let rdns = s
+                .split(',')
+                .map(|rdn| {
+                    let (k, v) = rdn
+                        .split_once('=')
+                        .with_context(|| format!("bad RDN {rdn:?} in DN {s:?}"))?;
+                    Ok((k.trim().to_ascii_uppercase(), v.trim().to_string()))
+                })
+                .collect::<Result<Vec<_>>>()?;
+            return Ok(IkeId::Dn(rdns));
+        }
         if let Some((ty, v)) = s.split_once(':') {
             match ty.to_ascii_lowercase().as_str() {
                 "fqdn" | "dns" => return Ok(IkeId::Fqdn(v.to_ascii_lowercase())),
@@ -680,6 +738,11 @@ impl IkeId {
         match self {
             IkeId::Fqdn(s) | IkeId::Email(s) => s.clone(),
             IkeId::Ip(ip) => ip.to_string(),
+            IkeId::Dn(rdns) => rdns
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             IkeId::KeyId(b) => {
                 let printable = b.iter().all(|c| c.is_ascii_graphic() || *c == b' ');
                 if printable && b.len() != 20 {
@@ -814,26 +877,39 @@ list-sas reply {
         assert_eq!(p("keyid:#0a0b0c0d").strongswan_display(), "0a:0b:0c:0d");
         assert_eq!(p("keyid:site-key").strongswan_display(), "site-key");
         assert_eq!(p("ipv4:198.51.100.2").strongswan_display(), "198.51.100.2");
+        assert_eq!(
+            p("C=CH, O=anyhub interop, CN=site"),
+            p("c=CH,o=anyhub interop,  cn=site")
+        );
+        assert_eq!(
+            p("C=CH,O=x,CN=site").strongswan_display(),
+            "C=CH, O=x, CN=site"
+        );
     }
 
     #[test]
     fn swanctl_conf_quotes_hash() {
-        let conf = swanctl_conf(&[SwanConn {
-            name: "c".into(),
-            child: "c".into(),
-            local_addrs: "198.51.100.2".into(),
-            remote_addrs: "198.51.100.1".into(),
-            proposals: vec!["aes256gcm16-prfsha256-x25519".into()],
-            esp_proposals: vec!["aes256gcm16".into()],
-            local_id: "keyid:#0a0b".into(),
-            remote_id: "fqdn:hub".into(),
-            psk: "s".into(),
-            local_ts: vec!["10.10.0.0/24".into()],
-            remote_ts: vec!["10.20.0.0/24".into()],
-            start: false,
-            conn_extra: vec![],
-            child_extra: vec![],
-        }]);
+        let conf = swanctl_conf(
+            &[SwanConn {
+                name: "c".into(),
+                child: "c".into(),
+                local_addrs: "198.51.100.2".into(),
+                remote_addrs: "198.51.100.1".into(),
+                proposals: vec!["aes256gcm16-prfsha256-x25519".into()],
+                esp_proposals: vec!["aes256gcm16".into()],
+                local_id: "keyid:#0a0b".into(),
+                remote_id: "fqdn:hub".into(),
+                psk: "s".into(),
+                local_ts: vec!["10.10.0.0/24".into()],
+                remote_ts: vec!["10.20.0.0/24".into()],
+                start: false,
+                conn_extra: vec![],
+                child_extra: vec![],
+                pubkey: None,
+            }],
+            Path::new("/d"),
+        );
+        assert!(conf.contains("auth = psk"));
         assert!(conf.contains("id = \"keyid:#0a0b\""));
         assert!(conf.contains("id-1 = \"keyid:#0a0b\""));
         assert!(!conf.contains("start_action"));

@@ -7,7 +7,7 @@ use anyhub_crypto::{Secret, SeededRng};
 use anyhub_ike::config::DpdAction;
 use anyhub_ike::{
     ts, ChildSa, Endpoint, EndpointConfig, Event, Identity, IkeState, ProposalSpec, Transmit,
-    TunnelConfig,
+    TunnelAuth, TunnelConfig,
 };
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -74,11 +74,16 @@ impl TunnelSpec {
     }
 
     pub fn build(&self) -> Arc<TunnelConfig> {
+        self.build_with(TunnelAuth::Psk(Secret::from_slice(self.psk.as_bytes())))
+    }
+
+    /// The tunnel with another authentication than its PSK.
+    pub fn build_with(&self, auth: TunnelAuth) -> Arc<TunnelConfig> {
         Arc::new(TunnelConfig {
             id: self.id.into(),
             local_id: Identity::parse(self.local_id).unwrap(),
             remote_id: Identity::parse(self.remote_id).unwrap(),
-            psk: Secret::from_slice(self.psk.as_bytes()),
+            auth,
             ike_proposals: self
                 .ike
                 .iter()
