@@ -170,6 +170,12 @@ struct RawIke {
     retransmit_tries: Option<i64>,
     /// IKE fragmentation (RFC 7383); default on.
     fragmentation: Option<bool>,
+    /// Half-open IKE SAs (in total / from one address) from which on
+    /// IKE_SA_INIT needs a COOKIE (RFC 7296 §2.6).
+    cookie_threshold: Option<i64>,
+    cookie_threshold_ip: Option<i64>,
+    /// Half-open IKE SAs one address may have.
+    half_open_per_ip: Option<i64>,
     /// Largest IP datagram an IKE message may make before it is sent as
     /// fragments; default 1280 (strongSwan's).
     fragment_size: Option<i64>,
@@ -414,6 +420,26 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
     if let Some(v) = ike.retransmit_timeout {
         endpoint.retransmit.timeout =
             parse_lifetime(&v).map_err(|m| FieldError::new("ike.retransmit_timeout", m))?;
+    }
+    let count = |field: &str, v: i64| {
+        usize::try_from(v)
+            .ok()
+            .filter(|n| *n <= anyhub_ike::MAX_HALF_OPEN)
+            .ok_or_else(|| {
+                FieldError::new(
+                    field,
+                    format!("must be 0..={}, got {v}", anyhub_ike::MAX_HALF_OPEN),
+                )
+            })
+    };
+    if let Some(v) = ike.cookie_threshold {
+        endpoint.cookie_threshold = count("ike.cookie_threshold", v)?;
+    }
+    if let Some(v) = ike.cookie_threshold_ip {
+        endpoint.cookie_threshold_ip = count("ike.cookie_threshold_ip", v)?;
+    }
+    if let Some(v) = ike.half_open_per_ip {
+        endpoint.half_open_per_ip = count("ike.half_open_per_ip", v)?.max(1);
     }
     if let Some(on) = ike.fragmentation {
         endpoint.fragmentation = on;

@@ -371,7 +371,12 @@ impl Node {
             now,
             &self.endpoint.ike_sas(),
             &self.sadb.list(),
-            counter_status(self.endpoint.counters(), &self.counters),
+            {
+                let mut c = counter_status(self.endpoint.counters(), &self.counters);
+                // A gauge among the counters: what a flood is holding now.
+                c.insert("half_open".into(), self.endpoint.half_open_count() as u64);
+                c
+            },
         )
     }
 }

@@ -118,6 +118,13 @@ pub struct EndpointConfig {
     /// The largest IP datagram an IKE message of ours may make; longer
     /// encrypted messages go as fragments (strongSwan's `fragment_size`).
     pub fragment_size: u16,
+    /// Require a COOKIE (RFC 7296 §2.6) in IKE_SA_INIT once this many IKE
+    /// SAs are half-open (answered IKE_SA_INIT, no IKE_AUTH yet)…
+    pub cookie_threshold: usize,
+    /// …or once the request's source address has this many.
+    pub cookie_threshold_ip: usize,
+    /// Refuse IKE_SA_INIT from an address with this many half-open SAs.
+    pub half_open_per_ip: usize,
     /// Behind a NAT, send a NAT keepalive (RFC 3948 §2.3) on the NAT-T port
     /// this often, to keep the mapping; `None` switches them off.
     pub nat_keepalive: Option<Duration>,
@@ -140,6 +147,9 @@ impl EndpointConfig {
             fragmentation: true,
             fragment_size: 1280,
             nat_keepalive: Some(Duration::from_secs(20)),
+            cookie_threshold: 64,
+            cookie_threshold_ip: 8,
+            half_open_per_ip: 64,
             wall_clock: WallClock::System,
         }
     }

@@ -17,6 +17,7 @@
 //! Logging: the core logs at debug; what an operator needs at info leaves
 //! as an event, and the driver logs it once.
 
+mod defence;
 mod fragment;
 mod lifecycle;
 
@@ -37,6 +38,7 @@ use crate::wire::{
     TrafficSelector, Ts,
 };
 use anyhub_crypto::{prf, Rng};
+use defence::{Cookies, HalfOpen};
 use fragment::{max_message_len, Collected, Reassembly};
 use lifecycle::{queue, Pending, Task};
 use std::collections::{BTreeSet, HashMap, VecDeque};
@@ -48,11 +50,14 @@ use std::time::{Duration, Instant};
 /// (RFC 7296 §2.10).
 const NONCE_LEN: usize = 32;
 /// At most this many IKE SAs wait for their IKE_AUTH at once; beyond it new
-/// IKE_SA_INIT requests are dropped (COOKIE-based defence is the next layer).
+/// IKE_SA_INIT requests are dropped, cookie or not. Cookies (§2.6) start
+/// long before, at [`EndpointConfig::cookie_threshold`].
 pub const MAX_HALF_OPEN: usize = 16_384;
 /// INVALID_KE_PAYLOAD answers we follow before giving up (a peer could
 /// otherwise bounce us between groups forever).
 const MAX_INVALID_KE_RETRIES: u8 = 2;
+/// COOKIE answers (§2.6) we follow before giving up; one is the norm.
+const MAX_COOKIE_RETRIES: u8 = 3;
 
 /// Declares [`Counters`] and its name/value listing from one field list, so
 /// a new counter reaches the status document without further edits.
@@ -105,6 +110,10 @@ counters! {
     peer_moved,
     /// NAT keepalives sent (RFC 3948 §2.3).
     tx_keepalives,
+    /// IKE_SA_INIT answered with a COOKIE instead of state (§2.6).
+    cookies_sent,
+    /// IKE_SA_INIT carrying a cookie we did not make (or a stale one).
+    cookies_invalid,
 }
 
 /// Why [`Endpoint::initiate`] refused.
@@ -167,6 +176,8 @@ enum Phase {
         /// Payloads of the request after an optional COOKIE, for a resend
         /// with a cookie or another key exchange group.
         invalid_ke_retries: u8,
+        /// COOKIE answers followed so far.
+        cookie_retries: u8,
     },
     /// We sent IKE_AUTH with this inbound child SPI.
     InitiatorAuthSent {
@@ -266,6 +277,8 @@ struct IkeSa {
     reassembly: Option<Reassembly>,
     /// When we last sent a NAT keepalive (we are behind a NAT).
     last_keepalive: Option<Instant>,
+    /// Our entry in the half-open table, until IKE_AUTH completes.
+    half_open_key: Option<(u64, SocketAddr)>,
 }
 
 impl IkeSa {
@@ -319,6 +332,7 @@ impl IkeSa {
             fragmentation: false,
             reassembly: None,
             last_keepalive: None,
+            half_open_key: None,
         }
     }
 
@@ -414,7 +428,9 @@ pub struct Endpoint {
     by_spi: HashMap<u64, IkeSaHandle>,
     /// Responder SAs awaiting IKE_AUTH by (peer SPI, peer address), to
     /// recognise a retransmitted IKE_SA_INIT.
-    half_open: HashMap<(u64, SocketAddr), IkeSaHandle>,
+    half_open: HalfOpen<IkeSaHandle>,
+    /// COOKIE secrets (§2.6), made when first needed.
+    cookies: Option<Cookies>,
     timers: BTreeSet<(Instant, IkeSaHandle)>,
     next_handle: u64,
     transmits: VecDeque<Transmit>,
@@ -438,7 +454,8 @@ impl Endpoint {
             rng,
             sas: HashMap::new(),
             by_spi: HashMap::new(),
-            half_open: HashMap::new(),
+            half_open: HalfOpen::default(),
+            cookies: None,
             timers: BTreeSet::new(),
             next_handle: 1,
             transmits: VecDeque::new(),
@@ -590,6 +607,7 @@ impl Endpoint {
                 Phase::InitiatorInitSent {
                     dh,
                     invalid_ke_retries: 0,
+                    cookie_retries: 0,
                 },
                 now,
             )
@@ -788,7 +806,7 @@ impl Endpoint {
     ) {
         let h = msg.header;
         // A retransmitted IKE_SA_INIT gets the same answer again (§2.1).
-        if let Some(&handle) = self.half_open.get(&(h.spi_i, remote)) {
+        if let Some(handle) = self.half_open.get(h.spi_i, remote) {
             if let Some(sa) = self.sas.get(&handle) {
                 if sa.init_request == data {
                     self.counters.rx_retransmits += 1;
@@ -801,13 +819,25 @@ impl Endpoint {
                 return;
             }
         }
-        if self.half_open.len() >= MAX_HALF_OPEN {
-            self.counters.half_open_refused += 1;
-            return;
-        }
         if msg.encrypted.is_some() {
             self.counters.rx_malformed += 1;
             return;
+        }
+        // Bounds first: in total, and per peer address (many sites behind
+        // one NAT share an address, hence a generous default).
+        let from_ip = self.half_open.of_ip(remote.ip());
+        if self.half_open.len() >= MAX_HALF_OPEN || from_ip >= self.config.half_open_per_ip as u32 {
+            self.counters.half_open_refused += 1;
+            return;
+        }
+        // Under load, only a peer that can receive our datagrams gets state:
+        // it must echo the cookie we send (§2.6).
+        if self.half_open.len() >= self.config.cookie_threshold
+            || from_ip >= self.config.cookie_threshold_ip as u32
+        {
+            if !self.check_cookie(now, local, remote, &msg) {
+                return;
+            }
         }
         match self.accept_init(now, local, remote, data, &msg) {
             Ok(()) => {}
@@ -817,7 +847,8 @@ impl Endpoint {
                     Refusal::InvalidKe(_) => self.counters.invalid_ke_sent += 1,
                     _ => {}
                 }
-                tracing::info!(%remote, ?refusal, "IKE_SA_INIT refused");
+                // Debug, not info: this is what a flood of garbage reaches.
+                tracing::debug!(%remote, ?refusal, "IKE_SA_INIT refused");
                 // Stateless answer: SPIr stays zero, nothing is kept.
                 let header = Header {
                     spi_i: h.spi_i,
@@ -989,7 +1020,8 @@ impl Endpoint {
         sa.last_response = Some((0, vec![out.clone()]));
         self.send(&sa, out);
         self.by_spi.insert(spi_r, handle);
-        self.half_open.insert((spi_i, remote), handle);
+        self.half_open.insert(spi_i, remote, handle);
+        sa.half_open_key = Some((spi_i, remote));
         tracing::debug!(%remote, spi_r = format_args!("{spi_r:016x}"), proposal = %chosen, "IKE_SA_INIT answered");
         self.put_back(sa);
         Ok(())
@@ -1210,10 +1242,11 @@ impl Endpoint {
         sa.established_at = Some(now);
         let (rekey_at, expire_at) = self.lifetimes(now, tunnel.ike_lifetime);
         (sa.rekey_at, sa.expire_at) = (Some(rekey_at), Some(expire_at));
-        self.half_open.remove(&(sa.spi_i, sa.remote));
-        // The half-open key was the address IKE_SA_INIT came from; remove
-        // whatever entry points at us in case the peer floated.
-        self.half_open.retain(|_, h| *h != sa.handle);
+        // The half-open key is the address IKE_SA_INIT came from (the peer
+        // may have floated since).
+        if let Some((spi, from)) = sa.half_open_key.take() {
+            self.half_open.remove(spi, from);
+        }
         self.counters.ike_sa_established += 1;
         tracing::debug!(tunnel = %tunnel.id, remote = %sa.remote, id = %Identity::from_wire(idi), proposal = ?sa.proposal.as_ref().map(|p| p.to_string()), "IKE SA established (responder)");
         if initial_contact {
@@ -1454,6 +1487,7 @@ impl Endpoint {
                             sa.phase = Phase::InitiatorInitSent {
                                 dh,
                                 invalid_ke_retries: retries + 1,
+                                cookie_retries: 0,
                             };
                             self.send_init_request(now, sa, None);
                             return true;
@@ -1462,7 +1496,19 @@ impl Endpoint {
                     }
                 }
                 NotifyType::COOKIE => {
-                    // §2.6: repeat the request with the cookie in front.
+                    // §2.6: repeat the request with the cookie in front — a
+                    // few times at most, so a responder (or a forger) cannot
+                    // keep us bouncing.
+                    let Phase::InitiatorInitSent { cookie_retries, .. } = &mut sa.phase else {
+                        unreachable!()
+                    };
+                    if *cookie_retries >= MAX_COOKIE_RETRIES
+                        || n.data.is_empty()
+                        || n.data.len() > 64
+                    {
+                        return self.fail(sa, SaEndReason::PeerError(n.ty));
+                    }
+                    *cookie_retries += 1;
                     let cookie = n.data.clone();
                     self.send_init_request(now, sa, Some(cookie));
                     return true;
@@ -2133,7 +2179,70 @@ impl Endpoint {
                 self.by_spi.remove(new_spi_i);
             }
         }
-        self.half_open.retain(|_, h| *h != sa.handle);
+        if let Some((spi, from)) = sa.half_open_key {
+            self.half_open.remove(spi, from);
+        }
+    }
+
+    /// Whether the IKE_SA_INIT request `msg` carries a valid cookie (as its
+    /// first payload, §2.6); if not, answers statelessly with a fresh one.
+    fn check_cookie(
+        &mut self,
+        now: Instant,
+        local: SocketAddr,
+        remote: SocketAddr,
+        msg: &Message,
+    ) -> bool {
+        let cookies = self
+            .cookies
+            .get_or_insert_with(|| Cookies::new(now, &mut *self.rng));
+        cookies.rotate(now, &mut *self.rng);
+        let nonce = msg.payloads.iter().find_map(|p| match p {
+            Payload::Nonce(n) => Some(&n.0),
+            _ => None,
+        });
+        let Some(nonce) = nonce else {
+            self.counters.rx_malformed += 1;
+            return false;
+        };
+        let spi_i = msg.header.spi_i;
+        if let Some(Payload::Notify(n)) = msg.payloads.first() {
+            if n.ty == NotifyType::COOKIE {
+                if cookies.verify(&n.data, nonce, remote.ip(), spi_i) {
+                    return true;
+                }
+                self.counters.cookies_invalid += 1;
+            }
+        }
+        let cookie = cookies.make(nonce, remote.ip(), spi_i);
+        self.counters.cookies_sent += 1;
+        let out = Message {
+            header: Header {
+                spi_i,
+                spi_r: 0,
+                next_payload: PayloadType::NONE,
+                major_version: 2,
+                minor_version: 0,
+                exchange: ExchangeType::IKE_SA_INIT,
+                flags: Flags::RESPONSE,
+                message_id: 0,
+                length: 0,
+            },
+            payloads: vec![Payload::Notify(notify(NotifyType::COOKIE, cookie))],
+            encrypted: None,
+        };
+        self.transmits.push_back(Transmit {
+            local,
+            remote,
+            natt: local.port() == self.config.natt_port,
+            payload: out.emit(),
+        });
+        false
+    }
+
+    /// IKE SAs waiting for their IKE_AUTH now.
+    pub fn half_open_count(&self) -> usize {
+        self.half_open.len()
     }
 
     fn new_handle(&mut self) -> IkeSaHandle {
