@@ -7,5 +7,6 @@
 #![deny(unsafe_code)]
 
 pub mod sadb;
+pub mod wire;
 
 pub use sadb::{Change, SaSummary, SaTable};
