@@ -6,6 +6,8 @@
 
 #![deny(unsafe_code)]
 
+pub mod published;
+pub mod route;
 pub mod sadb;
 pub mod wire;
 
