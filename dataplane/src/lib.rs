@@ -6,6 +6,8 @@
 
 #![deny(unsafe_code)]
 
+pub mod icmp_error;
+pub mod mss;
 pub mod published;
 pub mod route;
 pub mod sadb;
