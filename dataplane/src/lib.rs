@@ -8,6 +8,8 @@
 
 pub mod icmp_error;
 pub mod mss;
+pub mod path;
+pub mod policy;
 pub mod published;
 pub mod route;
 pub mod sadb;
