@@ -52,17 +52,21 @@ impl HashLpm {
         for (p, t) in routes {
             match p.addr() {
                 IpAddr::V4(a) => {
-                    v4.entry(p.len()).or_default().insert(u32::from(a), *t);
+                    v4.entry(p.prefix_len())
+                        .or_default()
+                        .insert(u32::from(a), *t);
                 }
                 IpAddr::V6(a) => {
-                    v6.entry(p.len()).or_default().insert(u128::from(a), *t);
+                    v6.entry(p.prefix_len())
+                        .or_default()
+                        .insert(u128::from(a), *t);
                 }
             }
         }
         let mut v4: Vec<_> = v4.into_iter().collect();
         let mut v6: Vec<_> = v6.into_iter().collect();
-        v4.sort_by(|a, b| b.0.cmp(&a.0));
-        v6.sort_by(|a, b| b.0.cmp(&a.0));
+        v4.sort_by_key(|l| std::cmp::Reverse(l.0));
+        v6.sort_by_key(|l| std::cmp::Reverse(l.0));
         HashLpm { v4, v6 }
     }
     fn lookup(&self, dst: IpAddr) -> Option<Target> {
@@ -138,7 +142,7 @@ fn main() {
     }
 
     let rounds = 40;
-    let mut rate = |f: &dyn Fn(IpAddr) -> Option<Target>, d: &[IpAddr]| {
+    let rate = |f: &dyn Fn(IpAddr) -> Option<Target>, d: &[IpAddr]| {
         let t = Instant::now();
         let mut hits = 0usize;
         for _ in 0..rounds {

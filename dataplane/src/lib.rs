@@ -6,6 +6,7 @@
 
 #![deny(unsafe_code)]
 
+pub mod gre;
 pub mod icmp_error;
 pub mod mss;
 pub mod path;

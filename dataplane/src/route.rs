@@ -80,7 +80,7 @@ impl Prefix {
         self.addr
     }
 
-    pub fn len(&self) -> u8 {
+    pub fn prefix_len(&self) -> u8 {
         self.len
     }
 
@@ -438,9 +438,9 @@ mod tests {
     #[test]
     fn prefixes() {
         assert_eq!(p("10.0.0.0/8").to_string(), "10.0.0.0/8");
-        assert_eq!(p("10.0.0.5").len(), 32);
-        assert_eq!(p("2001:db8::/32").len(), 32);
-        assert_eq!(p("::/0").len(), 0);
+        assert_eq!(p("10.0.0.5").prefix_len(), 32);
+        assert_eq!(p("2001:db8::/32").prefix_len(), 32);
+        assert_eq!(p("::/0").prefix_len(), 0);
         assert!(matches!(
             "10.0.0.1/8".parse::<Prefix>(),
             Err(RouteError::HostBits { .. })
@@ -539,7 +539,7 @@ mod tests {
                 let want = routes
                     .iter()
                     .filter(|(pr, _)| pr.contains(dst))
-                    .max_by_key(|(pr, _)| pr.len())
+                    .max_by_key(|(pr, _)| pr.prefix_len())
                     .map(|&(_, t)| t);
                 assert_eq!(table.lookup(dst), want, "{dst}");
             }

@@ -670,7 +670,7 @@ mod tests {
         assert!(p.verify_checksum(&s, &d));
         assert_eq!(p.mss().unwrap().0, 1360);
         // An MSS option at an odd offset (after one NOP).
-        let mut seg = vec![0u8; 28];
+        let mut seg = [0u8; 28];
         let mut p = Packet::new_unchecked(&mut seg[..]);
         p.set_src_port(1);
         p.set_dst_port(2);
