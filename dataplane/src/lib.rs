@@ -15,5 +15,6 @@ pub mod published;
 pub mod route;
 pub mod sadb;
 pub mod wire;
+pub mod xfrm;
 
 pub use sadb::{Change, SaSummary, SaTable};
