@@ -109,11 +109,47 @@ pub enum GreConfigError {
 
 type Endpoints = (IpAddr, IpAddr, Option<u32>);
 
+/// A multiply-rotate hasher for the endpoint index. The index is built
+/// from configuration only; packets look keys up but never insert, so a
+/// peer cannot degrade it by choosing colliding addresses, and SipHash's
+/// protection is not needed on this per-packet path (it measured a third
+/// of decapsulation time).
+#[derive(Clone, Copy, Debug, Default)]
+struct FastHasher(u64);
+
+impl std::hash::Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for c in bytes.chunks(8) {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            self.write_u64(u64::from_le_bytes(w));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.0 = (self.0.rotate_left(5) ^ v).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+
+    fn write_u32(&mut self, v: u32) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn write_u8(&mut self, v: u8) {
+        self.write_u64(u64::from(v));
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+type FastMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FastHasher>>;
+
 /// Every GRE tunnel of the node; build whole, publish whole.
 #[derive(Clone, Debug, Default)]
 pub struct GreTunnels {
     tunnels: Vec<GreTunnelConfig>,
-    by_endpoints: HashMap<Endpoints, usize>,
+    by_endpoints: FastMap<Endpoints, usize>,
     by_id: HashMap<TunnelId, usize>,
 }
 
@@ -156,7 +192,7 @@ impl GreTunnels {
     /// Validates and indexes `configs`; the first problem refuses all.
     pub fn build(configs: Vec<GreTunnelConfig>) -> Result<GreTunnels, GreConfigError> {
         let mut t = GreTunnels {
-            by_endpoints: HashMap::with_capacity(configs.len()),
+            by_endpoints: FastMap::with_capacity_and_hasher(configs.len(), Default::default()),
             by_id: HashMap::with_capacity(configs.len()),
             tunnels: Vec::with_capacity(configs.len()),
         };
@@ -364,9 +400,11 @@ fn is_keepalive(tunnel: &GreTunnelConfig, inner: &[u8]) -> bool {
             let Ok(p) = ipv4::Packet::new_checked(inner) else {
                 return false;
             };
-            if ipv4::Repr::parse(&p).is_err()
-                || p.protocol() != IpProtocol::GRE
+            // Cheap tests first: this runs on every decapsulated packet.
+            if p.protocol() != IpProtocol::GRE
+                || IpAddr::V4(p.src_addr()) != tunnel.local
                 || p.is_non_initial_fragment()
+                || ipv4::Repr::parse(&p).is_err()
             {
                 return false;
             }
