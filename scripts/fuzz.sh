@@ -9,7 +9,7 @@ command -v cargo-fuzz >/dev/null || cargo install --locked cargo-fuzz
 export RUSTC_BOOTSTRAP=1
 seed=$(mktemp -d); trap 'rm -rf "$seed"' EXIT
 ANYHUB_DUMP_CORPUS="$seed" cargo test -q -p anyhub-ike --test pair dump_seed_corpus >/dev/null
-for t in parse_message responder; do
+for t in parse_message responder packet_path; do
   mkdir -p "fuzz/corpus/$t"
   cp -n "$seed"/* "fuzz/corpus/$t/" 2>/dev/null || true
   echo "fuzz: $t for ${secs}s"
