@@ -50,6 +50,24 @@ impl EspCipher {
         icv_len: 16,
     };
 
+    /// The cipher of a negotiated ESP proposal (`None`: one the
+    /// dataplane does not carry).
+    pub fn for_proposal(p: &anyhub_ike::Selected) -> Option<EspCipher> {
+        use anyhub_ike::wire::registry::{EncrId, IntegId};
+        match p.encr.id {
+            EncrId::AES_GCM_16 => Some(EspCipher::AES_GCM_16),
+            EncrId::CHACHA20_POLY1305 => Some(EspCipher::CHACHA20_POLY1305),
+            EncrId::AES_CBC => Some(EspCipher::aes_cbc(match p.integ? {
+                IntegId::HMAC_SHA2_256_128 => 16,
+                IntegId::HMAC_SHA2_384_192 => 24,
+                IntegId::HMAC_SHA2_512_256 => 32,
+                IntegId::HMAC_SHA1_96 => 12,
+                _ => return None,
+            })),
+            _ => None,
+        }
+    }
+
     /// AES-CBC (RFC 3602: 16-byte IV and block) with an HMAC-SHA2
     /// truncated to `icv_len` (RFC 4868: 16, 24 or 32 bytes).
     pub const fn aes_cbc(icv_len: usize) -> EspCipher {

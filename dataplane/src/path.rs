@@ -129,6 +129,38 @@ pub struct TunnelPath {
     pub error_source: ErrorSource,
 }
 
+impl TunnelPath {
+    /// The path facts of an IPsec tunnel from one of its child SAs: inner
+    /// MTU from the real overhead of its cipher and encapsulation over
+    /// `path_mtu`, the default MSS clamp from it, the SA's selectors.
+    /// `None` for a cipher the dataplane does not carry.
+    pub fn esp(
+        id: TunnelId,
+        tenant: TenantId,
+        child: &anyhub_ike::ChildSa,
+        path_mtu: usize,
+    ) -> Option<TunnelPath> {
+        let cipher = crate::mss::EspCipher::for_proposal(&child.proposal)?;
+        let inner_mtu = crate::mss::Encap::Esp {
+            cipher,
+            udp: child.encap,
+            outer_v6: child.remote.is_ipv6(),
+        }
+        .inner_mtu(path_mtu);
+        Some(TunnelPath {
+            id,
+            tenant,
+            inner_mtu,
+            mss: Some(MssClamp::for_inner_mtu(inner_mtu)),
+            selectors: Selectors {
+                local: child.local_ts.clone(),
+                remote: child.remote_ts.clone(),
+            },
+            error_source: ErrorSource::default(),
+        })
+    }
+}
+
 /// The node's tunnels, indexed by [`TunnelId`] (publish it whole with the
 /// tenants; `None`: no such tunnel, or down).
 #[derive(Clone, Debug, Default)]
@@ -829,6 +861,58 @@ mod tests {
             ),
             Verdict::Drop(PathDrop::TtlExpired)
         );
+    }
+
+    #[test]
+    fn esp_tunnel_path_from_a_child_sa() {
+        use anyhub_crypto::Secret;
+        use anyhub_ike::proposal::EncrAlg;
+        use anyhub_ike::wire::registry::{EncrId, ProtocolId};
+        use anyhub_ike::{ChildSa, DirectionKeys, IkeSaHandle, Selected};
+        let keys = || DirectionKeys {
+            encr: Secret::new(vec![0; 36]),
+            integ: None,
+        };
+        let mut child = ChildSa {
+            tunnel: "t".into(),
+            ike: IkeSaHandle(1),
+            spi_in: 1,
+            spi_out: 2,
+            proposal: Selected {
+                protocol: ProtocolId::ESP,
+                num: 1,
+                encr: EncrAlg {
+                    id: EncrId::AES_GCM_16,
+                    key_bits: 256,
+                },
+                prf: None,
+                integ: None,
+                dh: None,
+                esn: false,
+                peer_spi: vec![],
+            },
+            keys_in: keys(),
+            keys_out: keys(),
+            local_ts: vec![ts("10.1.0.0/16").unwrap()],
+            remote_ts: vec![ts("10.2.0.0/16").unwrap()],
+            lifetime: Duration::from_secs(3600),
+            local: "192.0.2.1:4500".parse().unwrap(),
+            remote: "198.51.100.2:4500".parse().unwrap(),
+            encap: true,
+            rekey_of: None,
+        };
+        let t = TunnelPath::esp(A, TenantId(0), &child, 1500).unwrap();
+        assert_eq!((t.inner_mtu, t.mss.unwrap().v4), (1438, 1398));
+        assert_eq!(t.selectors.remote, child.remote_ts);
+        child.encap = false;
+        assert_eq!(
+            TunnelPath::esp(A, TenantId(0), &child, 1500)
+                .unwrap()
+                .inner_mtu,
+            1446
+        );
+        child.proposal.encr.id = EncrId::AES_CTR;
+        assert!(TunnelPath::esp(A, TenantId(0), &child, 1500).is_none());
     }
 
     #[test]
