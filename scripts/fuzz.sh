@@ -10,7 +10,7 @@ export RUSTC_BOOTSTRAP=1
 seed=$(mktemp -d); trap 'rm -rf "$seed"' EXIT
 ANYHUB_DUMP_CORPUS="$seed" cargo test -q -p anyhub-ike --test pair dump_seed_corpus >/dev/null
 # esp_decrypt's seeds are the strongSwan ESP fixtures, kept in its corpus.
-for t in parse_message responder esp_decrypt; do
+for t in parse_message responder esp_decrypt packet_path; do
   mkdir -p "fuzz/corpus/$t"
   [ "$t" = esp_decrypt ] || cp -n "$seed"/* "fuzz/corpus/$t/" 2>/dev/null || true
   echo "fuzz: $t for ${secs}s"

@@ -832,12 +832,10 @@ impl Endpoint {
         }
         // Under load, only a peer that can receive our datagrams gets state:
         // it must echo the cookie we send (§2.6).
-        if self.half_open.len() >= self.config.cookie_threshold
-            || from_ip >= self.config.cookie_threshold_ip as u32
-        {
-            if !self.check_cookie(now, local, remote, &msg) {
-                return;
-            }
+        let cookies_needed = self.half_open.len() >= self.config.cookie_threshold
+            || from_ip >= self.config.cookie_threshold_ip as u32;
+        if cookies_needed && !self.check_cookie(now, local, remote, &msg) {
+            return;
         }
         match self.accept_init(now, local, remote, data, &msg) {
             Ok(()) => {}
