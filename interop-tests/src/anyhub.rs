@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 
 use crate::lab::{self, Proc, HUB_ADDR};
@@ -209,6 +209,10 @@ impl Anyhubd {
         self.proc.log.clone()
     }
 
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
+    }
+
     fn ctl(&mut self, json: bool) -> Result<String> {
         if let Some(status) = self.proc.exited() {
             bail!("anyhubd exited ({status})");
@@ -268,6 +272,8 @@ pub struct HubStatus {
     pub child_sas: Vec<HubChildSa>,
     /// `None` when the hub has no counters (the strongSwan stand-in).
     pub counters: Option<BTreeMap<String, u64>>,
+    /// Half-open IKE SAs listed (not in `ike_sas`: nothing is known of them).
+    pub half_open: usize,
 }
 
 #[derive(Clone, Debug)]
@@ -305,6 +311,16 @@ impl HubStatus {
         let mut st = HubStatus::default();
         for (i, sa) in arr("ike_sas")?.iter().enumerate() {
             let f = Fields(sa, format!("ike_sas[{i}]"));
+            // A half-open SA (answered IKE_SA_INIT, no IKE_AUTH yet) has no
+            // tunnel, identity or proposal yet: the contract says null.
+            if f.get("tunnel")?.is_null() {
+                ensure!(
+                    f.str("state")? == "connecting",
+                    "ike_sas[{i}].tunnel is null but the SA is not connecting"
+                );
+                st.half_open += 1;
+                continue;
+            }
             let proposal = f.str("proposal")?;
             st.ike_sas.push(HubIkeSa {
                 tunnel: f.str("tunnel")?,

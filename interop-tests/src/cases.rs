@@ -58,6 +58,11 @@ pub enum Flow {
     HubDeletes { ike: bool },
     /// strongSwan initiates, then deletes only the child SA.
     SiteDeletesChild,
+    /// While a flood of spoofed IKE_SA_INIT requests (`count` at `rate`/s)
+    /// hits anyhubd, strongSwan connects. anyhubd must answer the flood with
+    /// cookies past its threshold, keep its half-open SAs and memory
+    /// bounded, and let the real peer in.
+    CookieFlood { count: u64, rate: u64 },
     /// strongSwan initiates; then both sides rekey the IKE SA (`ike`) or
     /// the child SA at the same moment: the hub→site path drops
     /// everything for a moment so the two requests cross. One SA must be
@@ -464,6 +469,17 @@ pub fn all() -> Vec<Case> {
         frag.site_log("splitting IKE message")
             .site_log("reassembled fragmented IKE message"),
     );
+
+    // A flood of spoofed IKE_SA_INIT (RFC 7296 §2.6): cookies past the
+    // threshold, bounded state, and a real peer still gets in.
+    let mut flood = Case::basic("cookie-flood");
+    flood.flow = Flow::CookieFlood {
+        count: 20_000,
+        rate: 4_000,
+    };
+    flood.hub_ike = vec!["cookie_threshold = 32".into()];
+    flood.anyhub_only = Some("the flood checks anyhubd's own counters and memory");
+    cases.push(flood.site_log("received COOKIE notify"));
 
     // Deletes by the operator, child-only deletes, colliding rekeys.
     for (name, ike) in [
@@ -957,6 +973,63 @@ fn drive(case: &Case, kind: HubKind, lab: &Lab, show: bool) -> Result<()> {
                 only_ike_left(&site.list_sas()?, &hub.status()?)
             })
             .context("after the site deleted the child SA");
+        }
+        Flow::CookieFlood { count, rate } => {
+            let pid = match &hub {
+                Hub::Anyhub(a) => a.pid(),
+                Hub::Swan(_) => bail!("the stand-in hub cannot play the flood case"),
+            };
+            // Replies to the spoofed sources go back towards the site (which
+            // drops them), as they would into the Internet.
+            lab::default_route(&lab.hub_ns, SITE_ADDR)?;
+            let rss_before = lab::rss_kib(pid)?;
+            let ns = lab.site_ns.clone();
+            let target: std::net::SocketAddr = format!("{HUB_ADDR}:500").parse()?;
+            let flooder = std::thread::spawn(move || {
+                crate::flood::flood(&ns, target, count, rate, Duration::from_secs(30))
+            });
+            // Let the flood fill the half-open table first.
+            std::thread::sleep(Duration::from_secs(1));
+            initiate_all(case, &site, &mut said)?;
+            let mut max_half_open = 0;
+            while !flooder.is_finished() {
+                if let Some(c) = hub.status()?.counters {
+                    max_half_open = max_half_open.max(counter(&c, "half_open")?);
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            let sent = flooder
+                .join()
+                .map_err(|_| anyhow!("the flood thread panicked"))??;
+            let rss_after = lab::rss_kib(pid)?;
+            let st = hub.status()?;
+            let c = st.counters.clone().unwrap_or_default();
+            let threshold = 32;
+            ensure!(
+                sent.packets >= count * 9 / 10,
+                "the flood sent only {} of {count} ({} errors)",
+                sent.packets,
+                sent.errors
+            );
+            ensure!(
+                max_half_open <= threshold + 1,
+                "half-open SAs reached {max_half_open} during the flood (cookie threshold {threshold})"
+            );
+            let cookies = counter(&c, "cookies_sent")?;
+            ensure!(
+                cookies >= sent.packets / 2,
+                "only {cookies} cookies for {} spoofed requests",
+                sent.packets
+            );
+            let grown = rss_after.saturating_sub(rss_before);
+            ensure!(
+                grown < 32 * 1024,
+                "anyhubd grew by {grown} KiB during the flood"
+            );
+            eprintln!(
+                "    flood: {} spoofed IKE_SA_INIT, {cookies} cookies, max {max_half_open} half-open, RSS {rss_before} -> {rss_after} KiB",
+                sent.packets
+            );
         }
         Flow::SimultaneousRekey { ike } => {
             initiate_all(case, &site, &mut said)?;

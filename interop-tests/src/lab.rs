@@ -299,6 +299,21 @@ fn ip(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// A default route in namespace `ns` via `gw`.
+pub fn default_route(ns: &str, gw: &str) -> Result<()> {
+    ip(&["-n", ns, "route", "add", "default", "via", gw])
+}
+
+/// Resident memory of process `pid`, in KiB (VmRSS).
+pub fn rss_kib(pid: i32) -> Result<u64> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS for pid {pid}"))
+}
+
 /// Runs an nftables script inside namespace `ns` (`nft -f -`).
 pub fn nft(ns: &str, script: &str) -> Result<()> {
     use std::io::Write;

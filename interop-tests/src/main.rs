@@ -18,6 +18,7 @@
 
 mod anyhub;
 mod cases;
+mod flood;
 mod lab;
 mod pki;
 mod strongswan;

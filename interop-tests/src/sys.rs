@@ -1,5 +1,5 @@
 //! The only `unsafe` in the harness: a few libc calls for process liveness,
-//! signals and privilege checks.
+//! signals, privilege checks, and the flood tool's raw socket.
 
 use std::io;
 
@@ -87,4 +87,67 @@ pub fn wait_termination_signal() -> i32 {
             return sig;
         }
     }
+}
+
+/// A raw IPv4 socket (IPPROTO_RAW: we write the IP header ourselves, so the
+/// source address is ours to choose) that lives in the network namespace
+/// `ns` (`/run/netns/<ns>`). The calling thread enters the namespace only
+/// for the `socket(2)` call and returns to its own.
+pub fn raw_ipv4_socket_in(ns: &str) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let target = std::fs::File::open(format!("/run/netns/{ns}"))?;
+    let home = std::fs::File::open("/proc/thread-self/ns/net")?;
+    // SAFETY: setns on a namespace fd we just opened; affects this thread only.
+    if unsafe { libc::setns(target.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: plain socket(2); the fd is owned by the OwnedFd below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+    let err = io::Error::last_os_error();
+    // SAFETY: as above, back to the namespace this thread came from.
+    let back = unsafe { libc::setns(home.as_raw_fd(), libc::CLONE_NEWNET) };
+    if back != 0 {
+        // A thread stuck in the wrong namespace must not go on.
+        panic!(
+            "cannot return to the harness's network namespace: {}",
+            io::Error::last_os_error()
+        );
+    }
+    if fd < 0 {
+        return Err(err);
+    }
+    // SAFETY: fd is a fresh, valid descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Sends one complete IPv4 packet (header included) on a raw socket.
+pub fn send_raw_ipv4(
+    fd: &std::os::fd::OwnedFd,
+    packet: &[u8],
+    dst: std::net::Ipv4Addr,
+) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let addr = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: 0,
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(dst.octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: packet and addr are valid for the lengths given.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            packet.as_ptr().cast(),
+            packet.len(),
+            0,
+            (&addr as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
