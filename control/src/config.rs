@@ -211,6 +211,8 @@ struct RawTunnel {
     dpd_delay: Option<toml::Value>,
     /// `"clear"` or `"restart"`.
     dpd_action: Option<String>,
+    /// Reauthenticate this often (a new IKE SA); absent: never.
+    reauth_time: Option<toml::Value>,
 }
 
 /// The PSK, moved into a [`Secret`] the moment it is deserialised.
@@ -591,6 +593,10 @@ fn tunnel(
         Some(toml::Value::String(s)) if s == "off" || s == "0" => None,
         Some(v) => Some(parse_lifetime(&v).map_err(|m| FieldError::new(field("dpd_delay"), m))?),
     };
+    let reauth_time = raw
+        .reauth_time
+        .map(|v| parse_lifetime(&v).map_err(|m| FieldError::new(field("reauth_time"), m)))
+        .transpose()?;
     let dpd_action = match raw.dpd_action.as_deref() {
         None | Some("clear") => DpdAction::Clear,
         Some("restart") => DpdAction::Restart,
@@ -616,6 +622,7 @@ fn tunnel(
         initiate,
         dpd_delay,
         dpd_action,
+        reauth_time,
     };
     Ok((tunnel, target))
 }

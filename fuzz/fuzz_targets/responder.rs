@@ -28,6 +28,7 @@ fn endpoint() -> Endpoint {
         initiate: false,
         dpd_delay: None,
         dpd_action: anyhub_ike::config::DpdAction::Clear,
+        reauth_time: None,
     };
     Endpoint::new(EndpointConfig::new(2, vec![Arc::new(tunnel)]), Box::new(SeededRng::new(1)))
 }

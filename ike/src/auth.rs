@@ -538,6 +538,7 @@ mod tests {
                 initiate: false,
                 dpd_delay: None,
                 dpd_action: crate::config::DpdAction::Clear,
+                reauth_time: None,
             }
         }
     }

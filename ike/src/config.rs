@@ -40,6 +40,10 @@ pub struct TunnelConfig {
     pub remote_address: Option<IpAddr>,
     /// Start this tunnel at startup, as initiator.
     pub initiate: bool,
+    /// Reauthenticate (a whole new IKE SA, RFC 7296 §2.8.3) this often:
+    /// as initiator we do it (minus up to 10 % jitter); as responder we ask
+    /// the initiator to with AUTH_LIFETIME (RFC 4478). `None`: only rekey.
+    pub reauth_time: Option<Duration>,
     /// Liveness check (RFC 7296 §2.4) after this long without hearing from
     /// the peer; `None` switches it off.
     pub dpd_delay: Option<Duration>,

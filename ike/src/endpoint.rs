@@ -114,6 +114,8 @@ counters! {
     cookies_sent,
     /// IKE_SA_INIT carrying a cookie we did not make (or a stale one).
     cookies_invalid,
+    /// New IKE SAs we started to reauthenticate (RFC 7296 §2.8.3).
+    reauthentications,
 }
 
 /// Why [`Endpoint::initiate`] refused.
@@ -279,6 +281,11 @@ struct IkeSa {
     last_keepalive: Option<Instant>,
     /// Our entry in the half-open table, until IKE_AUTH completes.
     half_open_key: Option<(u64, SocketAddr)>,
+    /// When we (the original initiator) start a new IKE SA to
+    /// reauthenticate (RFC 7296 §2.8.3).
+    reauth_at: Option<Instant>,
+    /// This SA reauthenticates that one, which goes once this is up.
+    replaces: Option<IkeSaHandle>,
 }
 
 impl IkeSa {
@@ -333,6 +340,8 @@ impl IkeSa {
             reassembly: None,
             last_keepalive: None,
             half_open_key: None,
+            reauth_at: None,
+            replaces: None,
         }
     }
 
@@ -407,6 +416,7 @@ impl IkeSa {
             self.superseded_at,
             self.retry_at.map(|(t, _)| t),
             keepalive_due,
+            self.reauth_at,
             dpd_due,
         ]
         .into_iter()
@@ -1235,6 +1245,15 @@ impl Endpoint {
         let mut response = vec![Payload::IdR(our_id)];
         response.extend(auth::certificate_payloads(&tunnel, false));
         response.push(Payload::Auth(our_auth));
+        // As responder we cannot reauthenticate ourselves; RFC 4478 asks
+        // the initiator to do it in time.
+        if let Some(t) = tunnel.reauth_time {
+            let secs = u32::try_from(t.as_secs()).unwrap_or(u32::MAX);
+            response.push(Payload::Notify(notify(
+                NotifyType::AUTH_LIFETIME,
+                secs.to_be_bytes().to_vec(),
+            )));
+        }
         sa.phase = Phase::Established;
         sa.deadline = None;
         sa.established_at = Some(now);
@@ -1670,9 +1689,17 @@ impl Endpoint {
         let mut tsi = None;
         let mut tsr = None;
         let mut child_error = None;
+        let mut auth_lifetime = None;
         for p in &payloads {
             match p {
                 Payload::IdR(x) if idr.is_none() => idr = Some(x),
+                // RFC 4478: the responder wants us to reauthenticate within
+                // this many seconds.
+                Payload::Notify(n) if n.ty == NotifyType::AUTH_LIFETIME => {
+                    auth_lifetime = n.data.get(..4).map(|b| {
+                        Duration::from_secs(u64::from(u32::from_be_bytes([b[0], b[1], b[2], b[3]])))
+                    });
+                }
                 Payload::Auth(x) if auth.is_none() => auth = Some(x),
                 Payload::Sa(x) if sa_p.is_none() => sa_p = Some(x),
                 Payload::TsI(x) if tsi.is_none() => tsi = Some(x),
@@ -1733,6 +1760,26 @@ impl Endpoint {
         self.counters.ike_sa_established += 1;
         tracing::debug!(tunnel = %tunnel.id, remote = %sa.remote, proposal = ?sa.proposal.as_ref().map(|p| p.to_string()), "IKE SA established (initiator)");
         self.events.push_back(Event::IkeSaEstablished(sa.info()));
+        // Reauthentication (RFC 7296 §2.8.3): by our own policy or the
+        // responder's AUTH_LIFETIME, whichever comes first.
+        let reauth = [tunnel.reauth_time, auth_lifetime]
+            .into_iter()
+            .flatten()
+            .min();
+        sa.reauth_at = reauth.map(|d| now + self.reauth_delay(d));
+        // A reauthentication of ours is complete: the SA it replaces goes,
+        // with its child SAs (make-before-break: ours is up already).
+        if let Some(old) = sa.replaces.take() {
+            tracing::debug!(
+                old = old.0,
+                new = sa.handle.0,
+                "reauthenticated; deleting the old IKE SA"
+            );
+            self.with_sa(now, old, |_, o| {
+                o.superseded = true;
+                queue(&mut o.tasks, Task::DeleteIke);
+            });
+        }
 
         let child = (|| {
             let (sa_p, tsi, tsr) = (sa_p?, tsi?, tsr?);

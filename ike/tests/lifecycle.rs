@@ -539,3 +539,59 @@ fn simultaneous_child_rekey_with_reordered_answers() {
         assert_eq!(p.b.child_sas_of(hb).len(), 1, "seed {seed}");
     }
 }
+
+/// Reauthentication (RFC 7296 §2.8.3), make-before-break: configured on
+/// the initiator, or asked for by the responder with AUTH_LIFETIME (RFC
+/// 4478). A whole new IKE SA with its child comes up before the old one
+/// and its child go.
+#[test]
+fn reauthentication_by_either_side_is_make_before_break() {
+    for on_site in [true, false] {
+        let (site, hub) = if on_site {
+            (
+                TunnelSpec {
+                    reauth: Some(600),
+                    ..TunnelSpec::site()
+                },
+                TunnelSpec::hub(),
+            )
+        } else {
+            (
+                TunnelSpec::site(),
+                TunnelSpec {
+                    reauth: Some(600),
+                    ..TunnelSpec::hub()
+                },
+            )
+        };
+        let mut p = Pair::new(endpoint(1, 1, &[site]), endpoint(2, 2, &[hub]));
+        p.initiate();
+        p.drive_for(Duration::from_secs(1));
+        let first = p.a.ike_sas()[0].clone();
+        let first_child = p.a.child_sas_of(first.handle)[0];
+        p.drive_for(Duration::from_secs(700));
+        assert_eq!(p.a.counters().reauthentications, 1, "on_site={on_site}");
+        let (a, b) = (p.a.ike_sas(), p.b.ike_sas());
+        assert_eq!(
+            (a.len(), b.len()),
+            (1, 1),
+            "on_site={on_site}: the old IKE SA is gone"
+        );
+        assert_ne!(a[0].spi_i, first.spi_i, "a new IKE SA");
+        assert!(a[0].initiator, "the site is still the initiator");
+        assert_eq!(assert_children_mirror(&p), 1);
+        // The new child SA was established before the old one was deleted.
+        for evs in [&p.a_events, &p.b_events] {
+            let new_at = evs
+                .iter()
+                .rposition(|e| matches!(e, Event::ChildSaEstablished(_)))
+                .unwrap();
+            let del_at = evs
+                .iter()
+                .position(|e| matches!(e, Event::ChildSaDeleted { .. }))
+                .unwrap();
+            assert!(new_at < del_at, "on_site={on_site}: make-before-break");
+        }
+        assert!(!live_children(&p.a_events).contains_key(&first_child));
+    }
+}

@@ -130,6 +130,7 @@ fn our_responder_answers_it() {
         initiate: false,
         dpd_delay: None,
         dpd_action: anyhub_ike::config::DpdAction::Clear,
+        reauth_time: None,
     };
     let mut ep = Endpoint::new(
         EndpointConfig::new(7, vec![Arc::new(tunnel)]),

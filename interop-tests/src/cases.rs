@@ -429,6 +429,32 @@ pub fn all() -> Vec<Case> {
         cases.push(c);
     }
 
+    // Reauthentication (RFC 7296 §2.8.3): strongSwan's own policy, and
+    // anyhubd as responder asking for it with AUTH_LIFETIME (RFC 4478).
+    let mut c = Case::basic("reauth-by-strongswan");
+    c.flow = Flow::Rekey {
+        ike: true,
+        within: secs(25),
+    };
+    c.anyhub_only = stand_in;
+    c.site[0]
+        .conn_extra
+        .extend(["reauth_time = 6s", "over_time = 30s", "rand_time = 1s"].map(String::from));
+    c.site_charon = vec!["make_before_break = yes".into()];
+    cases.push(c.site_log("reauthenticating IKE_SA"));
+    let mut c = Case::basic("reauth-requested-by-anyhub");
+    c.flow = Flow::Rekey {
+        ike: true,
+        within: secs(25),
+    };
+    c.anyhub_only = stand_in;
+    c.hub[0].extra.push("reauth_time = \"8s\"".into());
+    // strongSwan reauthenticates at AUTH_LIFETIME minus its over_time
+    // (default a tenth of 4 h, which would mean "at once").
+    c.site[0].conn_extra.push("over_time = 3s".into());
+    c.site_charon = vec!["make_before_break = yes".into()];
+    cases.push(c.site_log("received AUTH_LIFETIME"));
+
     // Liveness checks both ways, deletes, a peer that vanishes.
     let mut dpd = Case::basic("dpd-by-strongswan");
     dpd.flow = Flow::Idle(secs(7));

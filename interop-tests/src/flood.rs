@@ -44,6 +44,7 @@ fn template(target: SocketAddr) -> Result<Vec<u8>> {
         initiate: false,
         dpd_delay: None,
         dpd_action: DpdAction::Clear,
+        reauth_time: None,
     };
     let mut ep = anyhub_ike::Endpoint::new(
         EndpointConfig::new(4000, vec![std::sync::Arc::new(tunnel)]),

@@ -106,6 +106,10 @@ impl Endpoint {
             sa.rekey_at = None;
             queue(&mut sa.tasks, Task::RekeyIke(None));
         }
+        if sa.reauth_at.is_some_and(|t| t <= now) {
+            sa.reauth_at = None;
+            self.reauthenticate(now, sa);
+        }
         for c in &mut sa.children {
             if c.deleting {
                 continue;
@@ -136,6 +140,39 @@ impl Endpoint {
             });
         }
         true
+    }
+
+    /// A reauthentication is due after `lifetime`, less up to 10 % jitter.
+    pub(super) fn reauth_delay(&mut self, lifetime: Duration) -> Duration {
+        let mut b = [0u8; 4];
+        self.rng.fill(&mut b);
+        let frac = u32::from_be_bytes(b) as f64 / u32::MAX as f64;
+        lifetime - lifetime.mul_f64(0.1 * frac)
+    }
+
+    /// Reauthentication, make-before-break (RFC 7296 §2.8.3): a whole new
+    /// IKE SA with IKE_SA_INIT and IKE_AUTH to the same peer; once it is up
+    /// the old one is deleted. Only the original initiator does this (it
+    /// knows where the peer listens); a failure leaves the old SA to its
+    /// lifetime.
+    fn reauthenticate(&mut self, now: Instant, sa: &mut IkeSa) {
+        let (Some(tunnel), Some((local, remote))) = (sa.tunnel.clone(), sa.origin) else {
+            return;
+        };
+        if !sa.initiator || sa.superseded {
+            return;
+        }
+        match self.initiate(now, &tunnel.id, local, remote) {
+            Ok(new) => {
+                tracing::debug!(old = sa.handle.0, new = new.0, "reauthenticating");
+                self.counters.reauthentications += 1;
+                let old = sa.handle;
+                if let Some(n) = self.sas.get_mut(&new) {
+                    n.replaces = Some(old);
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "cannot reauthenticate"),
+        }
     }
 
     /// When the next NAT keepalive is due: only behind a NAT, on the NAT-T
@@ -672,7 +709,7 @@ impl Endpoint {
 
     /// Runs `f` on the SA `handle` (taken out of the table meanwhile), then
     /// starts its due tasks and reschedules it.
-    fn with_sa(
+    pub(super) fn with_sa(
         &mut self,
         now: Instant,
         handle: IkeSaHandle,

@@ -36,6 +36,8 @@ pub struct TunnelSpec {
     pub child_lifetime: u64,
     pub dpd: Option<u64>,
     pub dpd_action: DpdAction,
+    /// Seconds.
+    pub reauth: Option<u64>,
 }
 
 impl TunnelSpec {
@@ -53,6 +55,7 @@ impl TunnelSpec {
             child_lifetime: 3600,
             dpd: None,
             dpd_action: DpdAction::Clear,
+            reauth: None,
         }
     }
 
@@ -70,6 +73,7 @@ impl TunnelSpec {
             child_lifetime: 3600,
             dpd: None,
             dpd_action: DpdAction::Clear,
+            reauth: None,
         }
     }
 
@@ -110,6 +114,7 @@ impl TunnelSpec {
             initiate: false,
             dpd_delay: self.dpd.map(Duration::from_secs),
             dpd_action: self.dpd_action,
+            reauth_time: self.reauth.map(Duration::from_secs),
         })
     }
 }
