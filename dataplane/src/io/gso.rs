@@ -273,3 +273,225 @@ impl<'a> Segments<'a> {
         Some(n)
     }
 }
+
+/// Test helpers shared with `gro.rs`: the captured fixtures (see
+/// `fixtures/README.md`) and an independent checksum check.
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+
+    pub const TCP4: &[u8] = include_bytes!("fixtures/tcp4-2.bin");
+    pub const TCP4_BIG: &[u8] = include_bytes!("fixtures/tcp4-30.bin");
+    pub const TCP6: &[u8] = include_bytes!("fixtures/tcp6-2.bin");
+    pub const TCP6_BIG: &[u8] = include_bytes!("fixtures/tcp6-30.bin");
+    pub const UDP4: &[u8] = include_bytes!("fixtures/udp4-0.bin");
+    pub const UDP6: &[u8] = include_bytes!("fixtures/udp6-0.bin");
+
+    /// RFC 1071 the slow way: 16-bit big-endian words, end-around carry.
+    pub fn naive_sum(parts: &[&[u8]]) -> u16 {
+        let mut acc: u32 = 0;
+        for p in parts {
+            assert!(p.len() % 2 == 0 || std::ptr::eq(*p, *parts.last().unwrap()));
+            for c in p.chunks(2) {
+                let w = if c.len() == 2 {
+                    u16::from_be_bytes([c[0], c[1]])
+                } else {
+                    u16::from_be_bytes([c[0], 0])
+                };
+                acc += w as u32;
+                acc = (acc & 0xffff) + (acc >> 16);
+            }
+        }
+        acc as u16
+    }
+
+    /// Whether an IPv4/IPv6 TCP or UDP packet's L4 checksum verifies.
+    pub fn l4_checksum_ok(pkt: &[u8]) -> bool {
+        let (l4, proto, src, dst) = if pkt[0] >> 4 == 4 {
+            (
+                (pkt[0] & 15) as usize * 4,
+                pkt[9],
+                &pkt[12..16],
+                &pkt[16..20],
+            )
+        } else {
+            (40, pkt[6], &pkt[8..24], &pkt[24..40])
+        };
+        let len = (pkt.len() - l4) as u32;
+        let pseudo: Vec<u8> = if pkt[0] >> 4 == 4 {
+            [src, dst, &[0, proto], &(len as u16).to_be_bytes()].concat()
+        } else {
+            [src, dst, &len.to_be_bytes()[..], &[0, 0, 0, proto]].concat()
+        };
+        naive_sum(&[&pseudo, &pkt[l4..]]) == 0xffff
+    }
+
+    /// A fixture split by [`Segments`]: one buffer, segments back to back.
+    pub fn split(raw: &[u8]) -> (Vec<u8>, Vec<(usize, usize)>) {
+        let hdr = VnetHdr::parse(raw).unwrap();
+        let mut pkt = raw[vnet::VNET_HDR_LEN..].to_vec();
+        let s = Segments::new(&hdr, &mut pkt).unwrap();
+        let mut buf = vec![0u8; 70_000 + s.len() * 100];
+        let mut at = 0;
+        let mut v = Vec::new();
+        for i in 0..s.len() {
+            let n = s.write(i, &mut buf[at..]).unwrap();
+            v.push((at, n));
+            at += n;
+        }
+        buf.truncate(at);
+        (buf, v)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testutil::*;
+    use super::*;
+
+    fn check_tcp(raw: &[u8], v6: bool) {
+        let hdr = VnetHdr::parse(raw).unwrap();
+        let orig = &raw[vnet::VNET_HDR_LEN..];
+        let (l4, hlen) = (hdr.csum_start as usize, hdr.hdr_len as usize);
+        let mss = hdr.gso_size as usize;
+        let (buf, segs) = split(raw);
+        let payload = &orig[hlen..];
+        assert_eq!(segs.len(), payload.len().div_ceil(mss));
+        let seq0 = u32::from_be_bytes(orig[l4 + 4..l4 + 8].try_into().unwrap());
+        let id0 = u16::from_be_bytes([orig[4], orig[5]]);
+        let mut joined = Vec::new();
+        for (i, &(o, n)) in segs.iter().enumerate() {
+            let p = &buf[o..o + n];
+            let last = i + 1 == segs.len();
+            assert_eq!(n, hlen + if last { payload.len() - i * mss } else { mss });
+            if v6 {
+                assert_eq!(u16::from_be_bytes([p[4], p[5]]) as usize, n - 40);
+            } else {
+                assert_eq!(u16::from_be_bytes([p[2], p[3]]) as usize, n);
+                assert_eq!(u16::from_be_bytes([p[4], p[5]]), id0.wrapping_add(i as u16));
+                assert_eq!(naive_sum(&[&p[..20]]), 0xffff, "IPv4 header checksum");
+            }
+            let seq = u32::from_be_bytes(p[l4 + 4..l4 + 8].try_into().unwrap());
+            assert_eq!(seq, seq0.wrapping_add((i * mss) as u32));
+            // The super-packet has ACK|PSH: PSH only on the last segment.
+            assert_eq!(p[l4 + 13], if last { 0x18 } else { 0x10 });
+            assert!(l4_checksum_ok(p), "segment {i} TCP checksum");
+            // Options (timestamps) copied unchanged.
+            assert_eq!(p[l4 + 20..hlen], orig[l4 + 20..hlen]);
+            joined.extend_from_slice(&p[hlen..]);
+        }
+        assert_eq!(joined, payload);
+    }
+
+    #[test]
+    fn splits_kernel_tcp4_super_packets() {
+        check_tcp(TCP4, false);
+        check_tcp(TCP4_BIG, false);
+    }
+
+    #[test]
+    fn splits_kernel_tcp6_super_packets() {
+        check_tcp(TCP6, true);
+        check_tcp(TCP6_BIG, true);
+    }
+
+    #[test]
+    fn splits_kernel_udp_super_datagrams() {
+        for (raw, v6) in [(UDP4, false), (UDP6, true)] {
+            let (buf, segs) = split(raw);
+            let l4 = if v6 { 40 } else { 20 };
+            assert_eq!(segs.len(), 5);
+            let mut joined = Vec::new();
+            for &(o, n) in &segs {
+                let p = &buf[o..o + n];
+                assert_eq!(n, l4 + 8 + 1000);
+                assert_eq!(u16::from_be_bytes([p[l4 + 4], p[l4 + 5]]), 1008);
+                assert_eq!(u16::from_be_bytes([p[l4 + 2], p[l4 + 3]]), 9);
+                assert!(l4_checksum_ok(p));
+                joined.extend_from_slice(&p[l4 + 8..]);
+            }
+            let mut want: Vec<u8> = (0..=255u8).cycle().take(256 * 19).collect();
+            want.extend_from_slice(&[0; 136]);
+            assert_eq!(joined, want);
+        }
+    }
+
+    #[test]
+    fn completes_a_partial_checksum() {
+        // The last segment of a real super-packet, with its checksum
+        // replaced by the pseudo-header sum as the kernel leaves it for
+        // NEEDS_CSUM.
+        let (buf, segs) = split(TCP4);
+        let (o, n) = *segs.last().unwrap();
+        let good = buf[o..o + n].to_vec();
+        let mut pkt = good.clone();
+        let pseudo = csum::pseudo(&pkt[12..16], &pkt[16..20], 6, n - 20);
+        pkt[36..38].copy_from_slice(&pseudo.to_be_bytes());
+        let hdr = VnetHdr {
+            flags: vnet::F_NEEDS_CSUM,
+            csum_start: 20,
+            csum_offset: 16,
+            ..VnetHdr::default()
+        };
+        let s = Segments::new(&hdr, &mut pkt).unwrap();
+        assert!(s.is_whole());
+        let mut out = vec![0u8; n];
+        assert_eq!(s.write(0, &mut out), Some(n));
+        assert_eq!(out, good);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_split() {
+        let hdr = VnetHdr::parse(TCP4).unwrap();
+        let mut pkt = TCP4[vnet::VNET_HDR_LEN..].to_vec();
+        let zero = VnetHdr { gso_size: 0, ..hdr };
+        assert_eq!(
+            Segments::new(&zero, &mut pkt).unwrap_err(),
+            SplitError::BadGsoSize
+        );
+        let v6 = VnetHdr {
+            gso_type: vnet::GSO_TCPV6,
+            ..hdr
+        };
+        assert_eq!(
+            Segments::new(&v6, &mut pkt).unwrap_err(),
+            SplitError::Unsupported
+        );
+        let ufo = VnetHdr {
+            gso_type: vnet::GSO_UDP,
+            ..hdr
+        };
+        assert_eq!(
+            Segments::new(&ufo, &mut pkt).unwrap_err(),
+            SplitError::Unsupported
+        );
+        let tiny = VnetHdr { gso_size: 1, ..hdr };
+        assert_eq!(
+            Segments::new(&tiny, &mut pkt).unwrap_err(),
+            SplitError::BadGsoSize
+        );
+        assert_eq!(
+            Segments::new(&hdr, &mut pkt[..40]).unwrap_err(),
+            SplitError::Truncated
+        );
+        assert_eq!(
+            Segments::new(&hdr, &mut pkt[..10]).unwrap_err(),
+            SplitError::Truncated
+        );
+        let mut bad = pkt.clone();
+        bad[0] = 0x75;
+        assert_eq!(
+            Segments::new(&hdr, &mut bad).unwrap_err(),
+            SplitError::BadHeader
+        );
+        let mut udp = pkt.clone();
+        udp[9] = 17;
+        assert_eq!(
+            Segments::new(&hdr, &mut udp).unwrap_err(),
+            SplitError::BadHeader
+        );
+        // A too small output buffer is refused, not overrun.
+        let s = Segments::new(&hdr, &mut pkt).unwrap();
+        assert_eq!(s.write(0, &mut [0u8; 100]), None);
+    }
+}
