@@ -411,12 +411,8 @@ pub fn run(opts: &Options) -> Result<()> {
             br,
             describe(r.label)
         );
-        for e in [&r.one, &r.four]
-            .into_iter()
-            .filter_map(|c| c.as_ref().err())
-        {
+        if let Some(e) = [&r.one, &r.four].into_iter().find_map(|c| c.as_ref().err()) {
             println!("{:<11} error: {e:#}", "");
-            break;
         }
     }
     println!(
