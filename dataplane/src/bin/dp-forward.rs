@@ -8,10 +8,12 @@
 //! ```text
 //! dp-forward --tun NAME --addr 10.40.0.1/24 --local 198.51.100.2:4500 --peer 198.51.100.1:4500
 //!            --key-out HEX36 --key-in HEX36 --id-out N --id-in N
-//!            [--mtu 1400] [--queues 1] [--tun offload|plain] [--udp gso|mmsg|plain]
+//!            [--mtu 1400] [--queues NCPU] [--tun offload|plain] [--udp gso|mmsg|plain]
 //!            [--udp-gro on|off] [--batch 8] [--stats SECS]
 //! ```
-//! With `--queues N > 1` queue `i` uses local and peer port + i.
+//! One queue (a TUN fd of a multi-queue TUN, a UDP socket, two threads)
+//! per core by default; queue `i` uses local and peer port + i, so that
+//! each queue's datagrams land on the peer's queue `i` socket.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, ExitCode};
@@ -64,7 +66,7 @@ fn parse() -> Res<Args> {
         key_in: vec![],
         id_out: 1,
         id_in: 2,
-        queues: 1,
+        queues: std::thread::available_parallelism().map_or(1, |n| n.get().min(16)),
         tun_offload: true,
         udp: UdpMode::Gso,
         udp_gro: true,
