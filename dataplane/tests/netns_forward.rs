@@ -4,7 +4,7 @@
 //! through the tunnel that checks every byte:
 //!
 //! - ping, and a ping that fills the 1400-byte TUN MTU exactly;
-//! - a TCP transfer each way of a pseudo-random stream, verified byte by
+//! - over IPv4 and IPv6 (inner), a TCP transfer each way of a pseudo-random stream, verified byte by
 //!   byte at the far end (the kernel hands us TSO super-packets, the far
 //!   side coalesces; any checksum or sequence mistake stalls or corrupts
 //!   the stream);
@@ -170,7 +170,9 @@ fn helper_source() {
     }
     drop(s);
     // Five 1000-byte datagrams in one UDP GSO send (UDP_SEGMENT).
-    let udp = UdpSocket::bind("0.0.0.0:0").unwrap();
+    let to: std::net::SocketAddr = env("DP_UDP").parse().unwrap();
+    let any = if to.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" };
+    let udp = UdpSocket::bind(any).unwrap();
     let mut data = vec![0u8; 5000];
     for (i, c) in data.chunks_mut(1000).enumerate() {
         c.fill(i as u8);
@@ -278,6 +280,7 @@ fn forwards_through_two_namespaces() {
         (
             0,
             "10.40.0.1/24",
+            "fd00:40::1/64",
             "198.51.100.2:4500",
             "198.51.100.1:4500",
             &k1,
@@ -288,6 +291,7 @@ fn forwards_through_two_namespaces() {
         (
             1,
             "10.40.0.2/24",
+            "fd00:40::2/64",
             "198.51.100.1:4500",
             "198.51.100.2:4500",
             &k2,
@@ -297,7 +301,7 @@ fn forwards_through_two_namespaces() {
         ),
     ];
     let mut logs = Vec::new();
-    for (i, addr, local, peer, ko, ki, io, ii) in sides {
+    for (i, addr, addr6, local, peer, ko, ki, io, ii) in sides {
         let log = dir.join(format!("dp-forward-{i}.log"));
         let child = Command::new("ip")
             .args([
@@ -307,7 +311,7 @@ fn forwards_through_two_namespaces() {
                 env!("CARGO_BIN_EXE_dp-forward"),
             ])
             .args([
-                "--tun", "dpt0", "--addr", addr, "--local", local, "--peer", peer,
+                "--tun", "dpt0", "--addr", addr, "--addr6", addr6, "--local", local, "--peer", peer,
             ])
             .args([
                 "--key-out",
@@ -352,6 +356,8 @@ fn forwards_through_two_namespaces() {
 
     transfer(&lab, 0, 1, "10.40.0.2");
     transfer(&lab, 1, 0, "10.40.0.1");
+    transfer(&lab, 0, 1, "[fd00:40::2]");
+    transfer(&lab, 1, 0, "[fd00:40::1]");
 
     std::thread::sleep(Duration::from_millis(1300));
     for log in &logs {

@@ -6,7 +6,7 @@
 //! bench-dataplane` does exactly that.
 //!
 //! ```text
-//! dp-forward --tun NAME --addr 10.40.0.1/24 --local 198.51.100.2:4500 --peer 198.51.100.1:4500
+//! dp-forward --tun NAME --addr 10.40.0.1/24 [--addr6 fd00:40::1/64] --local 198.51.100.2:4500 --peer 198.51.100.1:4500
 //!            --key-out HEX36 --key-in HEX36 --id-out N --id-in N
 //!            [--mtu 1400] [--queues NCPU] [--tun offload|plain] [--udp gso|mmsg|plain]
 //!            [--udp-gro on|off] [--batch 8] [--stats SECS]
@@ -30,6 +30,7 @@ type Res<T> = Result<T, String>;
 struct Args {
     tun: String,
     addr: String,
+    addr6: Option<String>,
     mtu: u32,
     local: SocketAddr,
     peer: SocketAddr,
@@ -59,6 +60,7 @@ fn parse() -> Res<Args> {
     let mut a = Args {
         tun: String::new(),
         addr: String::new(),
+        addr6: None,
         mtu: 1400,
         local: "0.0.0.0:0".parse().unwrap(),
         peer: "0.0.0.0:0".parse().unwrap(),
@@ -80,6 +82,7 @@ fn parse() -> Res<Args> {
         match flag.as_str() {
             "--tun" => a.tun = v,
             "--addr" => a.addr = v,
+            "--addr6" => a.addr6 = Some(v),
             "--mtu" => a.mtu = v.parse().map_err(|e| bad(&e))?,
             "--local" => a.local = v.parse().map_err(|e| bad(&e))?,
             "--peer" => a.peer = v.parse().map_err(|e| bad(&e))?,
@@ -171,6 +174,9 @@ fn run() -> Res<()> {
     }
     let name = queues[0].0.name().to_string();
     ip(&["addr", "add", &a.addr, "dev", &name])?;
+    if let Some(a6) = &a.addr6 {
+        ip(&["addr", "add", a6, "dev", &name, "nodad"])?;
+    }
     ip(&["link", "set", "dev", &name, "mtu", &a.mtu.to_string(), "up"])?;
     let cfg = IoConfig {
         udp: a.udp,
