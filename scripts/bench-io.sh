@@ -78,12 +78,13 @@ forward)
       printf '%-44s %8s %12s %8s\n' "$label" $par "$mbps" "$retr"
     done
   done <<'CONFIGS'
-plain-tun,sendto,no-gro,1q     --tun-mode plain --udp plain --udp-gro off --queues 1
-plain-tun,sendmmsg,no-gro,1q   --tun-mode plain --udp mmsg --udp-gro off --queues 1
-offload-tun,sendmmsg,no-gro,1q --tun-mode offload --udp mmsg --udp-gro off --queues 1
-offload-tun,udp-gso,no-gro,1q  --tun-mode offload --udp gso --udp-gro off --queues 1
-offload-tun,udp-gso,udp-gro,1q --tun-mode offload --udp gso --udp-gro on --queues 1
-offload-tun,udp-gso,udp-gro,2q --tun-mode offload --udp gso --udp-gro on --queues 2
+plain-tun,sendto,no-gro,1q     --tun-mode plain --udp plain --udp-gro off --queues 1 --spin 0
+plain-tun,sendmmsg,no-gro,1q   --tun-mode plain --udp mmsg --udp-gro off --queues 1 --spin 0
+offload-tun,sendmmsg,no-gro,1q --tun-mode offload --udp mmsg --udp-gro off --queues 1 --spin 0
+offload-tun,udp-gso,no-gro,1q  --tun-mode offload --udp gso --udp-gro off --queues 1 --spin 0
+offload-tun,udp-gso,udp-gro,1q --tun-mode offload --udp gso --udp-gro on --queues 1 --spin 0
+offload-tun,udp-gso,udp-gro,2q --tun-mode offload --udp gso --udp-gro on --queues 2 --spin 0
+offload-tun,udp-gso,udp-gro,2q,spin20 --tun-mode offload --udp gso --udp-gro on --queues 2 --spin 20
 CONFIGS
   ;;
 capture)

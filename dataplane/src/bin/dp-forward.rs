@@ -9,7 +9,7 @@
 //! dp-forward --tun NAME --addr 10.40.0.1/24 [--addr6 fd00:40::1/64] --local 198.51.100.2:4500 --peer 198.51.100.1:4500
 //!            --key-out HEX36 --key-in HEX36 --id-out N --id-in N
 //!            [--mtu 1400] [--queues NCPU] [--tun offload|plain] [--udp gso|mmsg|plain]
-//!            [--udp-gro on|off] [--batch 8] [--stats SECS]
+//!            [--udp-gro on|off] [--batch 8] [--spin 20] [--stats SECS]
 //! ```
 //! One queue (a TUN fd of a multi-queue TUN, a UDP socket, two threads)
 //! per core by default; queue `i` uses local and peer port + i, so that
@@ -43,6 +43,7 @@ struct Args {
     udp: UdpMode,
     udp_gro: bool,
     batch: usize,
+    spin: u32,
     stats: u64,
 }
 
@@ -73,6 +74,7 @@ fn parse() -> Res<Args> {
         udp: UdpMode::Gso,
         udp_gro: true,
         batch: 8,
+        spin: IoConfig::default().spin,
         stats: 0,
     };
     let mut it = std::env::args().skip(1);
@@ -92,6 +94,7 @@ fn parse() -> Res<Args> {
             "--id-in" => a.id_in = v.parse().map_err(|e| bad(&e))?,
             "--queues" => a.queues = v.parse().map_err(|e| bad(&e))?,
             "--batch" => a.batch = v.parse().map_err(|e| bad(&e))?,
+            "--spin" => a.spin = v.parse().map_err(|e| bad(&e))?,
             "--stats" => a.stats = v.parse().map_err(|e| bad(&e))?,
             "--tun-mode" | "--tun-io" => {
                 a.tun_offload = match v.as_str() {
@@ -183,6 +186,7 @@ fn run() -> Res<()> {
         udp_gro: a.udp_gro,
         tun_gro: a.tun_offload && accepted & offload::TSO4 != 0,
         recv_batch: a.batch,
+        spin: a.spin,
         ..IoConfig::default()
     };
     eprintln!(
