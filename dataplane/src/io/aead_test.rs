@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use anyhub_crypto::aead::{AeadAlg, AeadKey, IV_LEN, TAG_LEN};
 use anyhub_crypto::CryptoError;
 
-use super::forward::{Outbound, PacketTransform};
+use super::forward::{PacketTransform, Verdict};
 
 const HDR: usize = 4 + IV_LEN;
 
@@ -71,7 +71,26 @@ impl PacketTransform for AeadTestTransform {
         TAG_LEN
     }
 
-    fn outbound(&self, buf: &mut [u8], inner_len: usize) -> Option<Outbound> {
+    fn outbound(&self, buf: &mut [u8], inner_len: usize) -> Verdict {
+        match self.seal(buf, inner_len) {
+            Some(range) => Verdict::Network {
+                range,
+                to: self.peer,
+            },
+            None => Verdict::Done,
+        }
+    }
+
+    fn inbound(&self, _from: SocketAddr, outer: &mut [u8]) -> Verdict {
+        match self.open(outer) {
+            Some(r) => Verdict::Tun(r),
+            None => Verdict::Done,
+        }
+    }
+}
+
+impl AeadTestTransform {
+    fn seal(&self, buf: &mut [u8], inner_len: usize) -> Option<Range<usize>> {
         let iv = self.iv.fetch_add(1, Ordering::Relaxed).to_be_bytes();
         let (hdr, rest) = buf.split_at_mut(HDR);
         hdr[..4].copy_from_slice(&self.id_out.to_be_bytes());
@@ -79,13 +98,10 @@ impl PacketTransform for AeadTestTransform {
         let (body, tail) = rest.split_at_mut(inner_len);
         let tag: &mut [u8; TAG_LEN] = (&mut tail[..TAG_LEN]).try_into().ok()?;
         self.seal.seal_in_place(&iv, hdr, body, tag).ok()?;
-        Some(Outbound {
-            range: 0..HDR + inner_len + TAG_LEN,
-            to: self.peer,
-        })
+        Some(0..HDR + inner_len + TAG_LEN)
     }
 
-    fn inbound(&self, _from: SocketAddr, outer: &mut [u8]) -> Option<Range<usize>> {
+    fn open(&self, outer: &mut [u8]) -> Option<Range<usize>> {
         if outer.len() < HDR + TAG_LEN + 20 || outer[..4] != self.id_in.to_be_bytes() {
             self.bad.fetch_add(1, Ordering::Relaxed);
             return None;
@@ -116,16 +132,27 @@ mod tests {
         let inner: Vec<u8> = (0..100u8).collect();
         let mut buf = vec![0u8; HDR + inner.len() + TAG_LEN];
         buf[HDR..HDR + inner.len()].copy_from_slice(&inner);
-        let out = a.outbound(&mut buf, inner.len()).unwrap();
-        assert_eq!(out.range, 0..buf.len());
+        let n = buf.len();
+        assert_eq!(
+            a.outbound(&mut buf, inner.len()),
+            Verdict::Network {
+                range: 0..n,
+                to: peer
+            }
+        );
         assert_ne!(&buf[HDR..HDR + inner.len()], &inner[..]);
         let mut tampered = buf.clone();
-        let r = b.inbound(peer, &mut buf).unwrap();
+        let mut other = buf.clone();
+        let Verdict::Tun(r) = b.inbound(peer, &mut buf) else {
+            panic!("not opened")
+        };
         assert_eq!(&buf[r], &inner[..]);
         tampered[HDR + 3] ^= 1;
-        assert!(b.inbound(peer, &mut tampered).is_none());
-        // The other direction's key does not open it.
-        assert!(a.inbound(peer, &mut buf.clone()).is_none());
+        assert_eq!(b.inbound(peer, &mut tampered), Verdict::Done);
+        // Right id, wrong key: authentication fails.
+        let c = AeadTestTransform::new(&k2, &k2, 8, 7, peer, 0).unwrap();
+        assert_eq!(c.inbound(peer, &mut other), Verdict::Done);
+        assert_eq!(c.bad.load(Ordering::Relaxed), 1);
         assert_eq!(b.bad.load(Ordering::Relaxed), 1);
     }
 }

@@ -55,29 +55,41 @@ pub trait PacketTransform: Send + Sync + 'static {
 
     /// `buf[headroom()..headroom() + inner_len]` holds an inner IP packet
     /// read from the TUN device and `buf` has at least `tailroom()` bytes
-    /// after it. Build the outer datagram (the UDP payload, e.g. an ESP
-    /// packet) in place and return where it is in `buf` and where to send
-    /// it, or `None` to drop the packet (the transform counts why).
+    /// after it. Normally: build the outer datagram (the UDP payload, e.g.
+    /// an ESP packet) in place and return [`Verdict::Network`]. May instead
+    /// answer into the TUN ([`Verdict::Tun`], e.g. an ICMP Packet Too Big
+    /// written into `buf`) or return [`Verdict::Done`] (dropped or
+    /// consumed; the transform counts why).
     ///
     /// Starting the datagram at `buf[0]` (a header of exactly `headroom()`
     /// bytes) is fastest: any other start costs a `memmove`.
-    fn outbound(&self, buf: &mut [u8], inner_len: usize) -> Option<Outbound>;
+    fn outbound(&self, buf: &mut [u8], inner_len: usize) -> Verdict;
 
-    /// `outer` is one received UDP datagram from `from`. Authenticate and
-    /// decrypt in place and return the inner IP packet's range in
-    /// `outer`, or `None` to drop it (bad SPI, replay, auth failure,
-    /// keepalive, IKE on a shared port…; the transform counts why).
-    fn inbound(&self, from: SocketAddr, outer: &mut [u8]) -> Option<Range<usize>>;
+    /// `outer` is one received UDP datagram from `from`. Normally:
+    /// authenticate and decrypt in place and return [`Verdict::Tun`] with
+    /// the inner IP packet's range in `outer`. May instead answer the peer
+    /// ([`Verdict::Network`], e.g. a reflected keepalive, range in
+    /// `outer`) or return [`Verdict::Done`] (bad SPI, replay, auth failure,
+    /// NAT keepalive, an IKE message the transform hands to IKE…).
+    fn inbound(&self, from: SocketAddr, outer: &mut [u8]) -> Verdict;
 }
 
-/// Where the outer datagram is and where it goes.
+/// What to do with the bytes a [`PacketTransform`] produced (boringtun's
+/// `TunnResult`, reduced to what the loop can act on). Ranges are in the
+/// buffer the transform was given.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Outbound {
-    /// The datagram's bytes in the buffer given to
-    /// [`PacketTransform::outbound`].
-    pub range: Range<usize>,
-    /// The peer.
-    pub to: SocketAddr,
+pub enum Verdict {
+    /// Send these bytes as one UDP datagram to `to`.
+    Network {
+        /// The datagram.
+        range: Range<usize>,
+        /// The peer.
+        to: SocketAddr,
+    },
+    /// Write these bytes (one IP packet) to the TUN device.
+    Tun(Range<usize>),
+    /// Nothing to send: dropped or consumed (counted by the transform).
+    Done,
 }
 
 /// How the UDP side sends.
@@ -146,10 +158,15 @@ pub struct IoCounters {
     pub tun_tx_packets: AtomicU64,
     /// Writes to the TUN device.
     pub tun_writes: AtomicU64,
-    /// Inner packets the transform dropped, outbound.
+    /// Inner packets for which the transform returned [`Verdict::Done`]
+    /// (it counts the reasons), or a range outside its buffer.
     pub drop_outbound: AtomicU64,
-    /// Datagrams the transform dropped, inbound.
+    /// Datagrams for which the transform returned [`Verdict::Done`], or a
+    /// range outside its buffer.
     pub drop_inbound: AtomicU64,
+    /// Answers the transform sent the other way: outbound ones to the TUN,
+    /// inbound ones to the network.
+    pub replies: AtomicU64,
     /// Packets lost to malformed TUN input, full buffers or I/O errors.
     pub errors: AtomicU64,
 }
@@ -438,18 +455,37 @@ pub fn drive_outbound<T: PacketTransform + ?Sized>(
                 IoCounters::add(&ctr.errors, 1);
                 continue;
             };
-            let Some(out) = xf.outbound(&mut slot[..head + len + tail], len) else {
-                IoCounters::add(&ctr.drop_outbound, 1);
-                continue;
-            };
-            let dlen = out.range.len();
-            if out.range.start != 0 {
-                slot.copy_within(out.range, 0);
+            let blen = head + len + tail;
+            match xf.outbound(&mut slot[..blen], len) {
+                Verdict::Network { range, to } if range.end <= blen && !range.is_empty() => {
+                    let dlen = range.len();
+                    if range.start != 0 {
+                        slot.copy_within(range, 0);
+                    }
+                    tx.queue(sock, dlen, to, ctr);
+                }
+                Verdict::Tun(r) if r.end <= blen && !r.is_empty() => {
+                    IoCounters::add(&ctr.replies, 1);
+                    if write_tun(tun, &slot[r]).is_err() {
+                        IoCounters::add(&ctr.errors, 1);
+                    }
+                }
+                _ => IoCounters::add(&ctr.drop_outbound, 1),
             }
-            tx.queue(sock, dlen, out.to, ctr);
         }
     }
     tx.flush(sock, ctr);
+}
+
+/// Writes one IP packet to the TUN, with an all-zero vnet header (no GSO,
+/// checksum complete) when the device has them.
+fn write_tun(tun: &Tun, pkt: &[u8]) -> io::Result<usize> {
+    if tun.vnet_hdr() {
+        let none = [0u8; VNET_HDR_LEN];
+        tun.write_vectored(&[io::IoSlice::new(&none), io::IoSlice::new(pkt)])
+    } else {
+        tun.write(pkt)
+    }
 }
 
 /// UDP → transform → coalesce → TUN, until `stop`.
@@ -463,8 +499,6 @@ pub fn drive_inbound<T: PacketTransform + ?Sized>(
 ) {
     let mut rb = RecvBatch::new(cfg.recv_batch.max(1), RX_SLOT);
     let mut gro = Gro::new();
-    let vnet = tun.vnet_hdr();
-    let none = [0u8; VNET_HDR_LEN];
     let fd = sock.as_raw_fd();
     let mut idle = 0u32;
     while !stop.load(Ordering::Relaxed) {
@@ -497,7 +531,14 @@ pub fn drive_inbound<T: PacketTransform + ?Sized>(
                 let l = m.seg.min(end - o);
                 IoCounters::add(&ctr.udp_rx, 1);
                 match xf.inbound(from, &mut buf[o..o + l]) {
-                    Some(r) if r.end <= l && !r.is_empty() => {
+                    Verdict::Network { range, to } if range.end <= l && !range.is_empty() => {
+                        IoCounters::add(&ctr.replies, 1);
+                        let d = &buf[o + range.start..o + range.end];
+                        if sock.send_to(d, to).is_err() {
+                            IoCounters::add(&ctr.errors, 1);
+                        }
+                    }
+                    Verdict::Tun(r) if r.end <= l && !r.is_empty() => {
                         let (io, il) = (o + r.start, r.len());
                         if cfg.tun_gro {
                             if gro.is_full() {
@@ -508,15 +549,7 @@ pub fn drive_inbound<T: PacketTransform + ?Sized>(
                             }
                             gro.push(buf, io, il);
                         } else {
-                            let res = if vnet {
-                                tun.write_vectored(&[
-                                    io::IoSlice::new(&none),
-                                    io::IoSlice::new(&buf[io..io + il]),
-                                ])
-                            } else {
-                                tun.write(&buf[io..io + il])
-                            };
-                            if res.is_err() {
+                            if write_tun(tun, &buf[io..io + il]).is_err() {
                                 IoCounters::add(&ctr.errors, 1);
                             }
                             written += 1;

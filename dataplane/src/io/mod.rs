@@ -21,4 +21,4 @@ pub mod gro;
 pub mod gso;
 pub mod vnet;
 
-pub use forward::{Forwarder, IoConfig, IoCounters, Outbound, PacketTransform, UdpMode};
+pub use forward::{Forwarder, IoConfig, IoCounters, PacketTransform, UdpMode, Verdict};
