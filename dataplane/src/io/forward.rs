@@ -146,7 +146,8 @@ pub struct IoCounters {
     pub tun_reads: AtomicU64,
     /// Inner packets after segmentation.
     pub tun_segments: AtomicU64,
-    /// Datagrams sent.
+    /// Datagrams handed to the kernel (a failed `sendmmsg` counts its
+    /// messages in `errors` too).
     pub udp_tx: AtomicU64,
     /// Send calls (`sendto`/`sendmmsg`).
     pub udp_tx_calls: AtomicU64,
