@@ -9,7 +9,7 @@
 //! dp-forward --tun NAME --addr 10.40.0.1/24 [--addr6 fd00:40::1/64] --local 198.51.100.2:4500 --peer 198.51.100.1:4500
 //!            --key-out HEX36 --key-in HEX36 --id-out N --id-in N
 //!            [--mtu 1400] [--queues NCPU] [--tun offload|plain] [--udp gso|mmsg|plain]
-//!            [--udp-gro on|off] [--batch 8] [--spin 20] [--stats SECS]
+//!            [--udp-gro on|off] [--batch 8] [--spin 20] [--threads-per-queue 2|1] [--stats SECS]
 //! ```
 //! One queue (a TUN fd of a multi-queue TUN, a UDP socket, two threads)
 //! per core by default; queue `i` uses local and peer port + i, so that
@@ -44,6 +44,7 @@ struct Args {
     udp_gro: bool,
     batch: usize,
     spin: u32,
+    one_thread: bool,
     stats: u64,
 }
 
@@ -75,6 +76,7 @@ fn parse() -> Res<Args> {
         udp_gro: true,
         batch: 8,
         spin: IoConfig::default().spin,
+        one_thread: IoConfig::default().one_thread_per_queue,
         stats: 0,
     };
     let mut it = std::env::args().skip(1);
@@ -94,6 +96,7 @@ fn parse() -> Res<Args> {
             "--id-in" => a.id_in = v.parse().map_err(|e| bad(&e))?,
             "--queues" => a.queues = v.parse().map_err(|e| bad(&e))?,
             "--batch" => a.batch = v.parse().map_err(|e| bad(&e))?,
+            "--threads-per-queue" => a.one_thread = v == "1",
             "--spin" => a.spin = v.parse().map_err(|e| bad(&e))?,
             "--stats" => a.stats = v.parse().map_err(|e| bad(&e))?,
             "--tun-mode" | "--tun-io" => {
@@ -187,6 +190,7 @@ fn run() -> Res<()> {
         tun_gro: a.tun_offload && accepted & offload::TSO4 != 0,
         recv_batch: a.batch,
         spin: a.spin,
+        one_thread_per_queue: a.one_thread,
         ..IoConfig::default()
     };
     eprintln!(

@@ -124,6 +124,9 @@ pub struct IoConfig {
     /// makes it run, while sleeping costs a wake-up (measured in
     /// docs/tun.md: 20 is best here; 0 disables).
     pub spin: u32,
+    /// One thread per queue doing both directions ([`drive_queue`])
+    /// instead of one per direction.
+    pub one_thread_per_queue: bool,
 }
 
 impl Default for IoConfig {
@@ -135,6 +138,7 @@ impl Default for IoConfig {
             recv_batch: 8,
             poll_interval: Duration::from_millis(200),
             spin: 20,
+            one_thread_per_queue: false,
         }
     }
 }
@@ -223,6 +227,15 @@ impl Forwarder {
             }
             let tun = Arc::new(tun);
             let sock = Arc::new(sock);
+            if cfg.one_thread_per_queue {
+                let (stop, ctr) = (stop.clone(), counters.clone());
+                threads.push(
+                    std::thread::Builder::new()
+                        .name(format!("dp-q-{qi}"))
+                        .spawn(move || drive_queue(&tun, &sock, cfg, &*xf, &stop, &ctr))?,
+                );
+                continue;
+            }
             {
                 let (tun, sock, xf, stop, ctr) = (
                     tun.clone(),
@@ -389,59 +402,80 @@ impl Sender {
     }
 }
 
-/// TUN → segment → transform → UDP, until `stop`.
-pub fn drive_outbound<T: PacketTransform + ?Sized>(
-    tun: &Tun,
-    sock: &UdpSocket,
-    cfg: IoConfig,
-    xf: &T,
-    stop: &AtomicBool,
-    ctr: &IoCounters,
-) {
-    let mut rx = vec![0u8; TUN_BUF];
-    let mut tx = Sender::new(cfg.udp);
-    let (head, tail) = (xf.headroom(), xf.tailroom());
-    let vnet = tun.vnet_hdr();
-    let mut idle = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        let n = match tun.read(&mut rx) {
-            Ok(n) => {
-                idle = 0;
-                n
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                tx.flush(sock, ctr);
-                if idle < cfg.spin {
-                    idle += 1;
-                    std::thread::yield_now();
-                    continue;
+/// The outbound half's buffers.
+struct OutState {
+    rx: Vec<u8>,
+    tx: Sender,
+    head: usize,
+    tail: usize,
+}
+
+impl OutState {
+    fn new<T: PacketTransform + ?Sized>(cfg: &IoConfig, xf: &T) -> OutState {
+        OutState {
+            rx: vec![0u8; TUN_BUF],
+            tx: Sender::new(cfg.udp),
+            head: xf.headroom(),
+            tail: xf.tailroom(),
+        }
+    }
+
+    /// Reads and forwards up to `max` packets from the TUN, then flushes
+    /// the send batch. Returns how many were read (0: nothing waiting).
+    fn step<T: PacketTransform + ?Sized>(
+        &mut self,
+        tun: &Tun,
+        sock: &UdpSocket,
+        xf: &T,
+        ctr: &IoCounters,
+        max: usize,
+    ) -> usize {
+        let mut reads = 0;
+        while reads < max {
+            match tun.read(&mut self.rx) {
+                Ok(n) => {
+                    reads += 1;
+                    self.forward(n, tun, sock, xf, ctr);
                 }
-                idle = 0;
-                let _ = tun.poll_readable(cfg.poll_interval);
-                continue;
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    if e.kind() != ErrorKind::WouldBlock {
+                        IoCounters::add(&ctr.errors, 1);
+                    }
+                    break;
+                }
             }
-            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-            Err(_) => {
-                IoCounters::add(&ctr.errors, 1);
-                let _ = tun.poll_readable(cfg.poll_interval);
-                continue;
-            }
-        };
+        }
+        self.tx.flush(sock, ctr);
+        reads
+    }
+
+    /// Segments, transforms and queues the `n` bytes just read.
+    fn forward<T: PacketTransform + ?Sized>(
+        &mut self,
+        n: usize,
+        tun: &Tun,
+        sock: &UdpSocket,
+        xf: &T,
+        ctr: &IoCounters,
+    ) {
+        let (head, tail) = (self.head, self.tail);
+        let tx = &mut self.tx;
         IoCounters::add(&ctr.tun_reads, 1);
-        let (hdr, pkt) = if vnet {
-            let Some(h) = VnetHdr::parse(&rx[..n]) else {
+        let (hdr, pkt) = if tun.vnet_hdr() {
+            let Some(h) = VnetHdr::parse(&self.rx[..n]) else {
                 IoCounters::add(&ctr.errors, 1);
-                continue;
+                return;
             };
-            (h, &mut rx[VNET_HDR_LEN..n])
+            (h, &mut self.rx[VNET_HDR_LEN..n])
         } else {
-            (VnetHdr::default(), &mut rx[..n])
+            (VnetHdr::default(), &mut self.rx[..n])
         };
         let segs = match Segments::new(&hdr, pkt) {
             Ok(s) => s,
             Err(_) => {
                 IoCounters::add(&ctr.errors, 1);
-                continue;
+                return;
             }
         };
         IoCounters::add(&ctr.tun_segments, segs.len() as u64);
@@ -475,53 +509,46 @@ pub fn drive_outbound<T: PacketTransform + ?Sized>(
             }
         }
     }
-    tx.flush(sock, ctr);
 }
 
-/// Writes one IP packet to the TUN, with an all-zero vnet header (no GSO,
-/// checksum complete) when the device has them.
-fn write_tun(tun: &Tun, pkt: &[u8]) -> io::Result<usize> {
-    if tun.vnet_hdr() {
-        let none = [0u8; VNET_HDR_LEN];
-        tun.write_vectored(&[io::IoSlice::new(&none), io::IoSlice::new(pkt)])
-    } else {
-        tun.write(pkt)
-    }
+/// The inbound half's buffers.
+struct InState {
+    rb: RecvBatch,
+    gro: Gro,
+    tun_gro: bool,
 }
 
-/// UDP → transform → coalesce → TUN, until `stop`.
-pub fn drive_inbound<T: PacketTransform + ?Sized>(
-    sock: &UdpSocket,
-    tun: &Tun,
-    cfg: IoConfig,
-    xf: &T,
-    stop: &AtomicBool,
-    ctr: &IoCounters,
-) {
-    let mut rb = RecvBatch::new(cfg.recv_batch.max(1), RX_SLOT);
-    let mut gro = Gro::new();
-    let fd = sock.as_raw_fd();
-    let mut idle = 0u32;
-    while !stop.load(Ordering::Relaxed) {
-        match rb.recv(fd) {
-            Ok(_) => idle = 0,
-            Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                if idle < cfg.spin {
-                    idle += 1;
-                    std::thread::yield_now();
-                    continue;
-                }
-                idle = 0;
-                let _ = crate::sys::poll_readable(fd, cfg.poll_interval);
-                continue;
-            }
-            Err(_) => {
-                IoCounters::add(&ctr.errors, 1);
-                continue;
-            }
+impl InState {
+    fn new(cfg: &IoConfig) -> InState {
+        InState {
+            rb: RecvBatch::new(cfg.recv_batch.max(1), RX_SLOT),
+            gro: Gro::new(),
+            tun_gro: cfg.tun_gro,
         }
+    }
+
+    /// One `recvmmsg` and everything it brought, to the TUN. Returns the
+    /// messages received (0: nothing waiting).
+    fn step<T: PacketTransform + ?Sized>(
+        &mut self,
+        sock: &UdpSocket,
+        tun: &Tun,
+        xf: &T,
+        ctr: &IoCounters,
+    ) -> usize {
+        let got = match self.rb.recv(sock.as_raw_fd()) {
+            Ok(n) => n,
+            Err(e) => {
+                if !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::Interrupted) {
+                    IoCounters::add(&ctr.errors, 1);
+                }
+                return 0;
+            }
+        };
         IoCounters::add(&ctr.udp_rx_calls, 1);
-        let (msgs, buf) = rb.split_mut();
+        let gro = &mut self.gro;
+        let tun_gro = self.tun_gro;
+        let (msgs, buf) = self.rb.split_mut();
         let mut written = 0u64;
         let mut writes = 0u64;
         for m in msgs {
@@ -541,7 +568,7 @@ pub fn drive_inbound<T: PacketTransform + ?Sized>(
                     }
                     Verdict::Tun(r) if r.end <= l && !r.is_empty() => {
                         let (io, il) = (o + r.start, r.len());
-                        if cfg.tun_gro {
+                        if tun_gro {
                             if gro.is_full() {
                                 let f = gro.flush(buf, |iov| tun.write_vectored(iov));
                                 written += f.packets as u64;
@@ -562,7 +589,7 @@ pub fn drive_inbound<T: PacketTransform + ?Sized>(
                 o += l;
             }
         }
-        if cfg.tun_gro {
+        if tun_gro {
             let f = gro.flush(buf, |iov| tun.write_vectored(iov));
             written += f.packets as u64;
             writes += f.writes as u64;
@@ -570,5 +597,94 @@ pub fn drive_inbound<T: PacketTransform + ?Sized>(
         }
         IoCounters::add(&ctr.tun_tx_packets, written);
         IoCounters::add(&ctr.tun_writes, writes);
+        got
+    }
+}
+
+/// Retries up to `cfg.spin` times after `sched_yield`, then sleeps in
+/// `poll` on `fds`. `idle` counts the empty rounds so far.
+fn idle_wait(cfg: &IoConfig, idle: &mut u32, fds: &[std::os::fd::RawFd]) {
+    if *idle < cfg.spin {
+        *idle += 1;
+        std::thread::yield_now();
+    } else {
+        *idle = 0;
+        let _ = crate::sys::poll_readable_any(fds, cfg.poll_interval);
+    }
+}
+
+/// TUN → segment → transform → UDP, until `stop`.
+pub fn drive_outbound<T: PacketTransform + ?Sized>(
+    tun: &Tun,
+    sock: &UdpSocket,
+    cfg: IoConfig,
+    xf: &T,
+    stop: &AtomicBool,
+    ctr: &IoCounters,
+) {
+    let mut out = OutState::new(&cfg, xf);
+    let mut idle = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if out.step(tun, sock, xf, ctr, usize::MAX) == 0 {
+            idle_wait(&cfg, &mut idle, &[tun.fd()]);
+        } else {
+            idle = 0;
+        }
+    }
+}
+
+/// UDP → transform → coalesce → TUN, until `stop`.
+pub fn drive_inbound<T: PacketTransform + ?Sized>(
+    sock: &UdpSocket,
+    tun: &Tun,
+    cfg: IoConfig,
+    xf: &T,
+    stop: &AtomicBool,
+    ctr: &IoCounters,
+) {
+    let mut inb = InState::new(&cfg);
+    let mut idle = 0;
+    while !stop.load(Ordering::Relaxed) {
+        if inb.step(sock, tun, xf, ctr) == 0 {
+            idle_wait(&cfg, &mut idle, &[sock.as_raw_fd()]);
+        } else {
+            idle = 0;
+        }
+    }
+}
+
+/// Both directions of a queue in one thread, until `stop`: a batch of TUN
+/// reads, then a batch of datagrams, in turn. The ACKs our own TUN write
+/// makes the kernel send are picked up without waking another thread.
+pub fn drive_queue<T: PacketTransform + ?Sized>(
+    tun: &Tun,
+    sock: &UdpSocket,
+    cfg: IoConfig,
+    xf: &T,
+    stop: &AtomicBool,
+    ctr: &IoCounters,
+) {
+    let mut out = OutState::new(&cfg, xf);
+    let mut inb = InState::new(&cfg);
+    let mut idle = 0;
+    while !stop.load(Ordering::Relaxed) {
+        let a = out.step(tun, sock, xf, ctr, 8);
+        let b = inb.step(sock, tun, xf, ctr);
+        if a + b == 0 {
+            idle_wait(&cfg, &mut idle, &[tun.fd(), sock.as_raw_fd()]);
+        } else {
+            idle = 0;
+        }
+    }
+}
+
+/// Writes one IP packet to the TUN, with an all-zero vnet header (no GSO,
+/// checksum complete) when the device has them.
+fn write_tun(tun: &Tun, pkt: &[u8]) -> io::Result<usize> {
+    if tun.vnet_hdr() {
+        let none = [0u8; VNET_HDR_LEN];
+        tun.write_vectored(&[io::IoSlice::new(&none), io::IoSlice::new(pkt)])
+    } else {
+        tun.write(pkt)
     }
 }
