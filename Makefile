@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TARGET := target/debug
 
-.PHONY: all setup build test unit interop lint demo fuzz clean
+.PHONY: all setup build test unit interop lint demo fuzz clean bench-dataplane
 
 all: build
 
@@ -41,6 +41,19 @@ lint: setup
 demo: build
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo needs root (network namespaces): sudo make demo"; exit 1; fi
 	$(TARGET)/interop demo
+
+# Throughput between two namespaces over a veth, in one run: anyhub (for
+# now dp-forward, the I/O layer with an AES-GCM test transform), strongSwan
+# (kernel-libipsec), boringtun, the bare veth; iperf3 with 1 and 4 streams.
+# Builds and runs under the machine lock (do not wrap make in flock).
+# BENCH_SECONDS per iperf3 run (default 5). See docs/benchmarks.md.
+LOCK ?= /tmp/anyhub-heavy.lock
+BENCH_SECONDS ?= 5
+bench-dataplane: setup
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench-dataplane needs root (network namespaces)"; exit 1; fi
+	@scripts/setup-bench.sh
+	flock $(LOCK) $(CARGO) build --release -p anyhub-dataplane --bin dp-forward -p anyhub-interop-tests --bin interop
+	flock $(LOCK) target/release/interop bench-dataplane --seconds $(BENCH_SECONDS)
 
 # Runs each fuzz target for FUZZ_SECONDS (default 60) with cargo-fuzz.
 FUZZ_SECONDS ?= 60

@@ -14,6 +14,10 @@
 //!   rate-limited), [`mss`] (tunnel MTUs from the real overhead, MSS
 //!   clamping), [`gre`] (GRE tunnels and keepalives) and [`xfrm`] (the
 //!   Linux XFRM netlink messages for a child SA, built and parsed).
+//! - [`io`]: the batched TUN/UDP I/O layer (userspace GSO/GRO, UDP GSO/GRO,
+//!   `sendmmsg`/`recvmmsg`) and the forwarding loop a [`io::PacketTransform`]
+//!   (the ESP core) plugs into.
+//! - [`sys`]: the only `unsafe` in the crate (TUN ioctls, batched sockets).
 
 #![deny(unsafe_code)]
 
@@ -21,12 +25,15 @@ pub mod counters;
 pub mod esp;
 pub mod gre;
 pub mod icmp_error;
+pub mod io;
 pub mod mss;
 pub mod path;
 pub mod policy;
 pub mod published;
 pub mod route;
 pub mod sad;
+#[allow(unsafe_code)]
+pub mod sys;
 pub mod wire;
 pub mod xfrm;
 

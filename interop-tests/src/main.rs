@@ -11,12 +11,14 @@
 //! interop selfcheck [--filter SUBSTR] [--keep-logs DIR]
 //!                                                   the cases with a strongSwan stand-in hub
 //! interop demo                                      one tunnel, and what both sides say
+//! interop bench-dataplane [--seconds N]             throughput: anyhub, strongSwan, boringtun, veth
 //! ```
 //!
 //! The anyhubd/anyhubctl contract (config TOML, CLI, status JSON) is in
 //! docs/daemon-contract.md.
 
 mod anyhub;
+mod bench_dataplane;
 mod cases;
 mod flood;
 mod lab;
@@ -39,6 +41,7 @@ const USAGE: &str = "usage: interop run [--filter SUBSTR] [--keep-logs DIR]
        interop list
        interop selfcheck [--filter SUBSTR] [--keep-logs DIR]
        interop demo
+       interop bench-dataplane [--seconds N]   (hold the machine lock: make bench-dataplane)
 
 env: ANYHUBD, ANYHUBCTL   anyhubd/anyhubctl (default: next to this binary)
      CHARON               charon binary (default: /usr/lib/ipsec/charon or charon-systemd)
@@ -54,6 +57,7 @@ enum Cmd {
     List,
     Selfcheck,
     Demo,
+    BenchDataplane,
 }
 
 #[derive(Debug)]
@@ -61,6 +65,7 @@ struct Args {
     cmd: Cmd,
     filter: Option<String>,
     keep_logs: Option<PathBuf>,
+    seconds: u64,
 }
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
@@ -69,6 +74,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
         Some("list") => Cmd::List,
         Some("selfcheck") => Cmd::Selfcheck,
         Some("demo") => Cmd::Demo,
+        Some("bench-dataplane") => Cmd::BenchDataplane,
         Some(other) => bail!("unknown subcommand {other:?}"),
         None => bail!("missing subcommand"),
     };
@@ -76,6 +82,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
         cmd,
         filter: None,
         keep_logs: None,
+        seconds: 5,
     };
     while let Some(a) = args.next() {
         let takes_options = matches!(parsed.cmd, Cmd::Run | Cmd::Selfcheck);
@@ -92,6 +99,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
                         .ok_or_else(|| anyhow::anyhow!("--keep-logs needs a directory"))?
                         .into(),
                 )
+            }
+            "--seconds" if parsed.cmd == Cmd::BenchDataplane => {
+                parsed.seconds = args
+                    .next()
+                    .and_then(|v| v.parse().ok())
+                    .filter(|&s| (1..=600).contains(&s))
+                    .ok_or_else(|| anyhow::anyhow!("--seconds needs 1..600"))?
             }
             _ => bail!("unexpected argument {a:?}"),
         }
@@ -271,6 +285,18 @@ fn main() -> ExitCode {
     }
     match args.cmd {
         Cmd::Selfcheck => run_suite(&args, HubKind::StrongSwan),
+        Cmd::BenchDataplane => {
+            let opts = bench_dataplane::Options {
+                seconds: args.seconds,
+            };
+            match bench_dataplane::run(&opts) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("interop: bench-dataplane: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Run | Cmd::Demo => {
             let bins = match Binaries::locate() {
                 Ok(b) => b,
@@ -313,5 +339,8 @@ mod tests {
         assert!(args("run --filter").is_err());
         assert!(args("frobnicate").is_err());
         assert!(args("").is_err());
+        assert_eq!(args("bench-dataplane --seconds 3").unwrap().seconds, 3);
+        assert!(args("bench-dataplane --seconds 0").is_err());
+        assert!(args("run --seconds 3").is_err());
     }
 }
