@@ -4,11 +4,11 @@
 set -euo pipefail
 
 # Debian packages: the build (cmake/clang/libclang for BoringSSL via boring-sys,
-# protoc for prost/tonic), the lab (iproute2, nftables, iperf3, tcpdump) and
-# strongSwan as the interop peer (charon + swanctl + the kernel-libipsec
-# plugin from libcharon-extra-plugins, openssl from the standard plugins,
-# aesni from the extra ones, pki for certificates).
-pkgs=(cmake clang libclang-dev protobuf-compiler pkg-config iproute2 nftables iperf3 tcpdump
+# protoc for prost/tonic), the lab (iproute2, nftables, conntrack for the NAT
+# lab's remap, iperf3, tcpdump) and strongSwan as the interop peer (charon +
+# swanctl + the kernel-libipsec plugin from libcharon-extra-plugins, openssl
+# from the standard plugins, aesni from the extra ones, pki for certificates).
+pkgs=(cmake clang libclang-dev protobuf-compiler pkg-config iproute2 nftables conntrack iperf3 tcpdump
       charon-systemd strongswan-swanctl strongswan-pki libcharon-extra-plugins
       libstrongswan-standard-plugins libstrongswan-extra-plugins)
 

@@ -89,7 +89,8 @@ pub struct DaemonConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Initiation {
     pub tunnel: Arc<str>,
-    /// The first listen address of the peer's family, on `port`.
+    /// The first listen address of the peer's family, on `port`; on
+    /// `natt_port` when `remote` is on a NAT-T port (4500 or `natt_port`).
     pub local: SocketAddr,
     /// `remote_address`, on port 500 unless it names one.
     pub remote: SocketAddr,
@@ -179,6 +180,9 @@ struct RawIke {
     /// Largest IP datagram an IKE message may make before it is sent as
     /// fragments; default 1280 (strongSwan's).
     fragment_size: Option<i64>,
+    /// Behind a NAT, a NAT keepalive (RFC 3948 §2.3) this often; default
+    /// 20 s (strongSwan's `keep_alive`), `"off"` or 0 switches them off.
+    nat_keepalive: Option<toml::Value>,
 }
 
 #[derive(Deserialize)]
@@ -403,9 +407,17 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
                 .copied()
                 .find(|a| a.is_ipv4() == remote.is_ipv4())
                 .expect("tunnel() checked the family");
+            // A peer addressed on its NAT-T port gets IKE from ours, with
+            // the non-ESP marker (RFC 7296 §2.23 lets an initiator start
+            // on 4500; RFC 3948 §2.2 says how it is framed there).
+            let local_port = if remote.port() == DEFAULT_NATT_PORT || remote.port() == natt_port {
+                natt_port
+            } else {
+                port
+            };
             let target = Initiation {
                 tunnel: tunnel.id.clone(),
-                local: SocketAddr::new(local_ip, port),
+                local: SocketAddr::new(local_ip, local_port),
                 remote,
             };
             if tunnel.initiate {
@@ -442,6 +454,15 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
     }
     if let Some(v) = ike.half_open_per_ip {
         endpoint.half_open_per_ip = count("ike.half_open_per_ip", v)?.max(1);
+    }
+    match ike.nat_keepalive {
+        None => {}
+        Some(toml::Value::Integer(0)) => endpoint.nat_keepalive = None,
+        Some(toml::Value::String(s)) if s == "off" || s == "0" => endpoint.nat_keepalive = None,
+        Some(v) => {
+            endpoint.nat_keepalive =
+                Some(parse_lifetime(&v).map_err(|m| FieldError::new("ike.nat_keepalive", m))?)
+        }
     }
     if let Some(on) = ike.fragmentation {
         endpoint.fragmentation = on;
@@ -1068,7 +1089,8 @@ remote_ts = ["10.10.0.0/24"]
         assert!(!cc.initiate);
 
         // Initiations leave from the first listen address of the peer's
-        // family, on our IKE port; the peer's port is 500 unless named.
+        // family, on our IKE port — on our NAT-T port to a peer's NAT-T
+        // port; the peer's port is 500 unless named.
         assert_eq!(
             c.initiate,
             [
@@ -1079,11 +1101,63 @@ remote_ts = ["10.10.0.0/24"]
                 },
                 Initiation {
                     tunnel: "site-b".into(),
-                    local: "[2001:db8::1]:1500".parse().unwrap(),
+                    local: "[2001:db8::1]:14500".parse().unwrap(),
                     remote: "[2001:db8::2]:4500".parse().unwrap(),
                 },
             ]
         );
+    }
+
+    /// Starting on the NAT-T port (RFC 7296 §2.23): a remote on 4500 (or
+    /// on our own `natt_port`) is reached from our NAT-T port, anything
+    /// else from our IKE port.
+    #[test]
+    fn initiation_to_a_natt_port_leaves_from_ours() {
+        let local = |remote: &str, ports: &str| {
+            let text = MINIMAL.replace(
+                "[[tunnel]]",
+                &format!("{ports}\n[[tunnel]]\nremote_address = \"{remote}\"\ninitiate = true"),
+            );
+            ok(&text).initiate[0].local
+        };
+        let addr = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert_eq!(local("198.51.100.2", ""), addr("198.51.100.1:500"));
+        assert_eq!(local("198.51.100.2:4500", ""), addr("198.51.100.1:4500"));
+        assert_eq!(local("198.51.100.2:1500", ""), addr("198.51.100.1:500"));
+        let ports = "port = 1500\nnatt_port = 14500";
+        assert_eq!(
+            local("198.51.100.2:4500", ports),
+            addr("198.51.100.1:14500")
+        );
+        assert_eq!(
+            local("198.51.100.2:14500", ports),
+            addr("198.51.100.1:14500")
+        );
+        assert_eq!(local("198.51.100.2:500", ports), addr("198.51.100.1:1500"));
+    }
+
+    #[test]
+    fn nat_keepalive_knob() {
+        let with = |line: &str| MINIMAL.replace("[[tunnel]]", &format!("{line}\n[[tunnel]]"));
+        assert_eq!(
+            ok(MINIMAL).endpoint.nat_keepalive,
+            Some(Duration::from_secs(20))
+        );
+        assert_eq!(
+            ok(&with("nat_keepalive = \"5s\"")).endpoint.nat_keepalive,
+            Some(Duration::from_secs(5))
+        );
+        assert_eq!(
+            ok(&with("nat_keepalive = 2")).endpoint.nat_keepalive,
+            Some(Duration::from_secs(2))
+        );
+        assert_eq!(
+            ok(&with("nat_keepalive = \"off\"")).endpoint.nat_keepalive,
+            None
+        );
+        assert_eq!(ok(&with("nat_keepalive = 0")).endpoint.nat_keepalive, None);
+        err(&with("nat_keepalive = \"soon\""), "ike.nat_keepalive");
+        err(&with("nat_keepalive = -1"), "ike.nat_keepalive");
     }
 
     #[test]

@@ -250,7 +250,10 @@ impl Node {
         let local = s.local;
         let ike = if s.natt {
             match classify_natt(data) {
-                NattDatagram::Keepalive => return,
+                NattDatagram::Keepalive => {
+                    self.counters.rx_keepalives += 1;
+                    return;
+                }
                 NattDatagram::Esp => {
                     // No dataplane yet: counted and dropped.
                     self.counters.rx_esp += 1;

@@ -152,6 +152,9 @@ pub type CounterStatus = BTreeMap<String, u64>;
 pub struct DriverCounters {
     /// ESP received on the NAT-T port and dropped (no dataplane yet).
     pub rx_esp: u64,
+    /// NAT keepalives received on the NAT-T port (RFC 3948 §2.3): one
+    /// 0xFF octet from a peer behind a NAT; nothing to do but drop them.
+    pub rx_keepalives: u64,
     /// Transmits whose local address matched no socket.
     pub tx_unroutable: u64,
     /// Sends the kernel refused.
@@ -159,9 +162,10 @@ pub struct DriverCounters {
 }
 
 impl DriverCounters {
-    pub fn pairs(&self) -> [(&'static str, u64); 3] {
+    pub fn pairs(&self) -> [(&'static str, u64); 4] {
         [
             ("rx_esp", self.rx_esp),
+            ("rx_keepalives", self.rx_keepalives),
             ("tx_unroutable", self.tx_unroutable),
             ("tx_errors", self.tx_errors),
         ]

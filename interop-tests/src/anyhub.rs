@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::lab::{self, Proc, HUB_ADDR};
+use crate::lab::{self, Proc};
 use crate::strongswan::canonical_proposal;
 
 /// Where anyhubd and anyhubctl are.
@@ -91,14 +92,21 @@ fn tlist(v: &[String]) -> String {
     )
 }
 
-pub fn config_toml(tunnels: &[Tunnel], status_socket: &Path, ike_extra: &[String]) -> String {
+/// anyhubd's config, listening on `listen` (`HUB_ADDR`, or the NAT lab's
+/// private address).
+pub fn config_toml(
+    listen: &str,
+    tunnels: &[Tunnel],
+    status_socket: &Path,
+    ike_extra: &[String],
+) -> String {
     let mut s = format!(
         "# written by the anyhub interop harness\n\
          [node]\nindex = 1\nname = \"interop-hub\"\n\n\
          [ike]\nlisten = [{}]\nstatus_socket = {}\n\
          # failing cases fail fast, as the site's charon is set up to\n\
          retransmit_timeout = \"1s\"\nretransmit_tries = 3\n",
-        t(HUB_ADDR),
+        t(listen),
         t(&status_socket.display().to_string()),
     );
     for l in ike_extra {
@@ -150,8 +158,10 @@ pub struct Anyhubd {
 
 impl Anyhubd {
     /// Writes `anyhubd.toml` into `dir`, checks it with `--check`, starts
-    /// anyhubd in `ns` and waits until `anyhubctl status --json` answers.
+    /// anyhubd in `ns` listening on `listen` and waits until `anyhubctl
+    /// status --json` answers.
     pub fn start(
+        listen: &str,
         ns: &str,
         dir: &Path,
         bins: &Binaries,
@@ -160,7 +170,7 @@ impl Anyhubd {
     ) -> Result<Anyhubd> {
         let socket = dir.join("anyhubd.sock");
         let config = dir.join("anyhubd.toml");
-        fs::write(&config, config_toml(tunnels, &socket, ike_extra))?;
+        fs::write(&config, config_toml(listen, tunnels, &socket, ike_extra))?;
 
         let mut check = Command::new(&bins.anyhubd);
         check.arg("--config").arg(&config).arg("--check");
@@ -288,6 +298,9 @@ pub struct HubIkeSa {
     pub remote_id: String,
     /// swanctl notation (see `canonical_proposal`), or `?<raw>` if unparseable.
     pub proposal: String,
+    /// The SA's outer addresses as the hub reports them (the NAT cases).
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
 }
 
 #[derive(Clone, Debug)]
@@ -298,6 +311,8 @@ pub struct HubChildSa {
     pub proposal: String,
     pub local_ts: Vec<String>,
     pub remote_ts: Vec<String>,
+    /// ESP in UDP (RFC 3948), if the hub says.
+    pub encap: Option<bool>,
 }
 
 impl HubStatus {
@@ -330,6 +345,8 @@ impl HubStatus {
                 state: f.str("state")?,
                 remote_id: f.str("remote_id")?,
                 proposal: canonical_proposal(&proposal, true).unwrap_or(format!("?{proposal}")),
+                local: f.addr("local")?,
+                remote: f.addr("remote")?,
             });
         }
         for (i, sa) in arr("child_sas")?.iter().enumerate() {
@@ -342,6 +359,7 @@ impl HubStatus {
                 proposal: canonical_proposal(&proposal, false).unwrap_or(format!("?{proposal}")),
                 local_ts: f.strs("local_ts")?,
                 remote_ts: f.strs("remote_ts")?,
+                encap: sa.get("encap").and_then(Value::as_bool),
             });
         }
         let counters = v
@@ -383,6 +401,19 @@ impl Fields<'_> {
             .ok_or_else(|| anyhow!("{}.{key} is not a boolean", self.1))
     }
 
+    /// An optional "ip:port" field.
+    fn addr(&self, key: &str) -> Result<Option<SocketAddr>> {
+        match self.0.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(_) => {
+                let s = self.str(key)?;
+                s.parse()
+                    .map(Some)
+                    .map_err(|_| anyhow!("{}.{key} = {s:?} is not ip:port", self.1))
+            }
+        }
+    }
+
     fn strs(&self, key: &str) -> Result<Vec<String>> {
         self.get(key)?
             .as_array()
@@ -409,6 +440,7 @@ impl Fields<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::lab::HUB_ADDR;
 
     #[test]
     fn parses_contract_example() {
@@ -436,6 +468,11 @@ mod tests {
         );
         assert_eq!(st.child_sas[0].spi_in, 0xc0012345);
         assert_eq!(st.child_sas[0].proposal, "AES_GCM_16-256");
+        assert_eq!(
+            st.ike_sas[0].remote,
+            Some("198.51.100.2:4500".parse().unwrap())
+        );
+        assert_eq!(st.child_sas[0].encap, Some(true));
         assert_eq!(st.counters.unwrap()["auth_failed"], 0);
     }
 
@@ -454,6 +491,7 @@ mod tests {
     #[test]
     fn toml_has_tunnel() {
         let s = config_toml(
+            HUB_ADDR,
             &[Tunnel {
                 id: "site-a".into(),
                 local_id: "fqdn:hub".into(),

@@ -22,6 +22,10 @@ use crate::strongswan::{
     canonical_proposal, telling_log_line, Charon, IkeId, SwanConn, SwanIkeSa, SwanPubkey,
 };
 
+/// NAT traversal: the NAT lab's cases, their flow and checks.
+mod nat;
+pub use nat::NatExpect;
+
 pub const DEFAULT_IKE: &str = "aes256gcm16-prfsha256-x25519";
 pub const DEFAULT_ESP: &str = "aes256gcm16";
 const SITE_TS: &str = "10.10.0.0/24";
@@ -68,6 +72,11 @@ pub enum Flow {
     /// everything for a moment so the two requests cross. One SA must be
     /// left, the same on both sides, and both must have seen the collision.
     SimultaneousRekey { ike: bool },
+    /// strongSwan behind the NAT lab's router initiates; the NAT then
+    /// changes the mapping, strongSwan rekeys its child (the hub must
+    /// follow it), and the hub rekeys the child through the new mapping
+    /// (see `nat.rs`). `before`: the hub's view of the site until then.
+    NatMappingChange { before: nat::At },
 }
 
 /// What must hold on both sides once the flow has run.
@@ -121,6 +130,9 @@ pub struct Case {
     /// Certificates to make with `pki` at set-up (the `cert-*` cases; the
     /// site's connections and hub's tunnels then use `pubkey`).
     pub pki: Option<PkiSpec>,
+    /// The NAT cases: the lab's NAT router and what both sides must show
+    /// of it (`nat.rs`).
+    pub nat: Option<NatExpect>,
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -192,6 +204,7 @@ impl Case {
             hub_ike: Vec::new(),
             hub_counters_min: Vec::new(),
             pki: None,
+            nat: None,
         }
     }
 
@@ -626,6 +639,7 @@ pub fn all() -> Vec<Case> {
     ic.flow = Flow::SiteRestarts;
     cases.push(ic);
 
+    cases.extend(nat::cases());
     cases
 }
 
@@ -646,6 +660,7 @@ impl Hub {
     fn start(kind: HubKind, lab: &Lab, tunnels: &[Tunnel], ike_extra: &[String]) -> Result<Hub> {
         Ok(match kind {
             HubKind::Anyhub(bins) => Hub::Anyhub(Anyhubd::start(
+                lab.hub_addr(),
                 &lab.hub_ns,
                 &lab.hub_dir(),
                 bins,
@@ -746,6 +761,8 @@ fn stand_in_status(sas: &[SwanIkeSa]) -> HubStatus {
             state: sa.state.to_ascii_lowercase(),
             remote_id: sa.remote_id.clone(),
             proposal: sa.proposal.clone(),
+            local: sa.local,
+            remote: sa.remote,
         });
         for c in sa.children.iter().filter(|c| c.state == "INSTALLED") {
             st.child_sas.push(HubChildSa {
@@ -755,6 +772,7 @@ fn stand_in_status(sas: &[SwanIkeSa]) -> HubStatus {
                 proposal: c.proposal.clone(),
                 local_ts: c.local_ts.clone(),
                 remote_ts: c.remote_ts.clone(),
+                encap: Some(c.encap),
             });
         }
     }
@@ -779,11 +797,15 @@ pub fn run_case(case: &Case, kind: HubKind, keep: Option<&Path>, show: bool) -> 
         .chain(case.hub.iter().flat_map(|t| &t.remote_ts));
     let hub_ts = (case.hub.iter().flat_map(|t| &t.local_ts))
         .chain(case.site.iter().flat_map(|c| &c.remote_ts));
-    let lab = Lab::create(
-        &inner_addrs(SITE_INNER, site_ts),
-        &inner_addrs(HUB_INNER, hub_ts),
-        keep.map(|k| k.join(&case.name)),
+    let (site_inner, hub_inner) = (
+        inner_addrs(SITE_INNER, site_ts),
+        inner_addrs(HUB_INNER, hub_ts),
     );
+    let keep = keep.map(|k| k.join(&case.name));
+    let lab = match case.nat.as_ref().and_then(|n| n.behind) {
+        None => Lab::create(&site_inner, &hub_inner, keep),
+        Some(behind) => Lab::create_nat(&site_inner, &hub_inner, keep, behind),
+    };
     let lab = match lab {
         Ok(lab) => lab,
         Err(e) => {
@@ -1124,6 +1146,9 @@ fn drive(case: &Case, kind: HubKind, lab: &Lab, show: bool) -> Result<()> {
             return lab::eventually(within, || hub_empty(&hub.status()?))
                 .context("after the site vanished");
         }
+        Flow::NatMappingChange { before } => {
+            nat::mapping_change(case, before, lab, &site, &mut hub, &mut said)?
+        }
         Flow::SiteRestarts => {
             initiate_all(case, &site, &mut said)?;
             let first = lab::eventually(Duration::from_secs(8), || {
@@ -1283,6 +1308,7 @@ fn verify(case: &Case, site: &mut Charon, hub: &mut Hub, said: &str) -> Result<(
             );
         }
     }
+    nat::absent_in_site_log(case, site)?;
     Ok(())
 }
 
@@ -1298,6 +1324,9 @@ fn check(
         Expect::Up(ups) => {
             for (i, up) in ups.iter().enumerate() {
                 check_tunnel(case, i, up, site, hub, typed_ids, true)?;
+            }
+            if let Some(expect) = &case.nat {
+                nat::check_nat(case, expect, site, hub, typed_ids)?;
             }
             ensure!(
                 hub.ike_sas.len() == ups.len(),
@@ -1683,7 +1712,12 @@ mod tests {
                 proposal: "AES_GCM_16-256".into(),
                 local_ts: strings(&[SITE_TS]),
                 remote_ts: strings(&[HUB_TS]),
+                encap: true,
             }],
+            local: None,
+            remote: None,
+            nat_local: false,
+            nat_remote: false,
         }];
         let hub = serde_json::json!({
             "ike_sas": [{"tunnel": "site-a", "spi_i": "0000000000001111", "spi_r": "0000000000002222",

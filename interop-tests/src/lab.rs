@@ -9,6 +9,20 @@
 //!   vs<pid>-<n>: 198.51.100.2/24 <--veth--> vh<pid>-<n>: 198.51.100.1/24
 //! ```
 //!
+//! A NAT lab ([`Lab::create_nat`]) puts a router namespace between them and
+//! one side behind it, on a private address; the router forwards and
+//! masquerades that side's traffic to the side's usual public address
+//! (nftables, conntrack), so the other side sees it exactly there:
+//!
+//! ```text
+//!   site behind the NAT (Behind::Site):
+//!   site: vs 10.99.0.2/24 ── vri 10.99.0.1/24  ahr<pid>-<n>  vro 198.51.100.2/24 ── vh 198.51.100.1/24 :hub
+//!         default via .1                   masquerade to :20000-20999
+//! ```
+//!
+//! With `Behind::Hub` the roles swap: the hub gets 10.99.0.2 and the router
+//! takes 198.51.100.1 towards the site.
+//!
 //! Everything a lab creates is recorded in a global registry before it is
 //! created, so it can be removed by `Drop` (normal end, error, panic), by the
 //! signal thread (Ctrl-C / SIGTERM of the harness), or, if the harness was
@@ -37,6 +51,26 @@ pub const HUB_INNER: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 1);
 
 const SITE_NS_PREFIX: &str = "ahs";
 const HUB_NS_PREFIX: &str = "ahh";
+const ROUTER_NS_PREFIX: &str = "ahr";
+
+/// The private address of the side behind a NAT lab's router.
+pub const NAT_INSIDE: &str = "10.99.0.2";
+const NAT_INSIDE_NET: &str = "10.99.0.0/24";
+/// The router's inside address: the NATed side's default gateway.
+pub const NAT_GATEWAY: &str = "10.99.0.1";
+/// The source ports the router maps the inside's UDP flows to.
+pub const NAT_PORTS: (u16, u16) = (20_000, 20_999);
+/// After [`Lab::nat_remap`]: a second public address of the router's and
+/// another port range.
+pub const NAT_REMAP_ADDR: &str = "198.51.100.3";
+pub const NAT_REMAP_PORTS: (u16, u16) = (30_000, 30_999);
+
+/// Which side of a NAT lab sits behind the router.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Behind {
+    Site,
+    Hub,
+}
 const DIR_PREFIX: &str = "anyhub-interop-";
 
 static NEXT_LAB: AtomicU32 = AtomicU32::new(1);
@@ -158,11 +192,12 @@ pub fn sweep_stale() -> Vec<String> {
     swept
 }
 
-/// `ahs1234-5` / `ahh1234-5` → 1234.
+/// `ahs1234-5` / `ahh1234-5` / `ahr1234-5` → 1234.
 fn owner_pid(ns: &str) -> Option<i32> {
     let rest = ns
         .strip_prefix(SITE_NS_PREFIX)
-        .or_else(|| ns.strip_prefix(HUB_NS_PREFIX))?;
+        .or_else(|| ns.strip_prefix(HUB_NS_PREFIX))
+        .or_else(|| ns.strip_prefix(ROUTER_NS_PREFIX))?;
     let (pid, n) = rest.split_once('-')?;
     if n.is_empty() || !n.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -179,6 +214,16 @@ pub struct Lab {
     pub dir: PathBuf,
     /// Copy the work dir here when the lab is dropped.
     keep: Option<PathBuf>,
+    /// The NAT router of a [`Lab::create_nat`] lab.
+    pub nat: Option<NatRouter>,
+}
+
+/// The router namespace of a NAT lab.
+pub struct NatRouter {
+    pub ns: String,
+    pub behind: Behind,
+    /// Its interface towards the public side (the one it masquerades on).
+    outside: String,
 }
 
 impl Lab {
@@ -188,6 +233,26 @@ impl Lab {
         site_inner: &[Ipv4Addr],
         hub_inner: &[Ipv4Addr],
         keep: Option<PathBuf>,
+    ) -> Result<Lab> {
+        Lab::build(site_inner, hub_inner, keep, None)
+    }
+
+    /// [`Lab::create`] with a NAT router between the two namespaces and
+    /// `behind` on the private side of it (see the module doc).
+    pub fn create_nat(
+        site_inner: &[Ipv4Addr],
+        hub_inner: &[Ipv4Addr],
+        keep: Option<PathBuf>,
+        behind: Behind,
+    ) -> Result<Lab> {
+        Lab::build(site_inner, hub_inner, keep, Some(behind))
+    }
+
+    fn build(
+        site_inner: &[Ipv4Addr],
+        hub_inner: &[Ipv4Addr],
+        keep: Option<PathBuf>,
+        behind: Option<Behind>,
     ) -> Result<Lab> {
         if INTERRUPTED.load(Ordering::SeqCst) {
             bail!("harness is shutting down");
@@ -200,16 +265,17 @@ impl Lab {
             hub_ns: format!("{HUB_NS_PREFIX}{pid}-{n}"),
             dir: std::env::temp_dir().join(format!("{DIR_PREFIX}{pid}-{n}")),
             keep,
+            nat: behind.map(|behind| NatRouter {
+                ns: format!("{ROUTER_NS_PREFIX}{pid}-{n}"),
+                behind,
+                outside: format!("vro{pid}-{n}"),
+            }),
         };
         // Register before creating anything, so an interrupt in the middle
         // still finds it. From here on, Drop undoes whatever got made.
-        registry().labs.insert(
-            n,
-            (
-                vec![lab.site_ns.clone(), lab.hub_ns.clone()],
-                lab.dir.clone(),
-            ),
-        );
+        let mut namespaces = vec![lab.site_ns.clone(), lab.hub_ns.clone()];
+        namespaces.extend(lab.nat.as_ref().map(|r| r.ns.clone()));
+        registry().labs.insert(n, (namespaces, lab.dir.clone()));
         let _ = fs::remove_dir_all(&lab.dir);
         fs::create_dir_all(lab.site_dir()).context("creating the lab work dir")?;
         fs::create_dir_all(lab.hub_dir()).context("creating the lab work dir")?;
@@ -217,6 +283,16 @@ impl Lab {
         let (vs, vh) = (format!("vs{pid}-{n}"), format!("vh{pid}-{n}"));
         ip(&["netns", "add", &lab.site_ns])?;
         ip(&["netns", "add", &lab.hub_ns])?;
+        if let Some(router) = &lab.nat {
+            lab.build_nat(router, &vs, &vh, &format!("vri{pid}-{n}"))?;
+            for (ns, inner, extra) in [
+                (&lab.site_ns, SITE_INNER, site_inner),
+                (&lab.hub_ns, HUB_INNER, hub_inner),
+            ] {
+                add_inner(ns, inner, extra)?;
+            }
+            return Ok(lab);
+        }
         // Created directly inside the namespaces: nothing is ever left in
         // the host namespace, even if we are killed right here.
         ip(&[
@@ -240,14 +316,109 @@ impl Lab {
         for (ns, dev, addr, inner, extra) in sides {
             ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
             ip(&["-n", ns, "link", "set", dev, "up"])?;
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
-            let mut inner_addrs = vec![inner];
-            inner_addrs.extend(extra.iter().copied().filter(|a| *a != inner));
-            for a in inner_addrs {
-                ip(&["-n", ns, "addr", "add", &format!("{a}/32"), "dev", "lo"])?;
-            }
+            add_inner(ns, inner, extra)?;
         }
         Ok(lab)
+    }
+
+    /// The router namespace, its two veths, forwarding and the masquerade
+    /// rule. `vs`/`vh` are the site's and the hub's interfaces.
+    fn build_nat(&self, router: &NatRouter, vs: &str, vh: &str, inside: &str) -> Result<()> {
+        let r = router.ns.as_str();
+        ip(&["netns", "add", r])?;
+        // (inside namespace, its dev) and (outside namespace, its dev, its
+        // address, the public address the router takes on its behalf).
+        let ((in_ns, in_dev), (out_ns, out_dev, out_addr, public)) = match router.behind {
+            Behind::Site => ((&self.site_ns, vs), (&self.hub_ns, vh, HUB_ADDR, SITE_ADDR)),
+            Behind::Hub => ((&self.hub_ns, vh), (&self.site_ns, vs, SITE_ADDR, HUB_ADDR)),
+        };
+        for (ns, dev, peer) in [
+            (in_ns, in_dev, inside),
+            (out_ns, out_dev, &router.outside[..]),
+        ] {
+            ip(&[
+                "link", "add", dev, "netns", ns, "type", "veth", "peer", "name", peer, "netns", r,
+            ])?;
+        }
+        let sides = [
+            (in_ns.as_str(), in_dev, NAT_INSIDE),
+            (out_ns.as_str(), out_dev, out_addr),
+            (r, inside, NAT_GATEWAY),
+            (r, &router.outside[..], public),
+        ];
+        for (ns, dev, addr) in sides {
+            ip(&["-n", ns, "addr", "add", &format!("{addr}/24"), "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        ip(&["-n", in_ns, "route", "add", "default", "via", NAT_GATEWAY])?;
+        ip(&["-n", r, "link", "set", "lo", "up"])?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", r, "sysctl", "-qw", "net.ipv4.ip_forward=1"]);
+        let out = run(&mut cmd, Duration::from_secs(10))?;
+        if !out.success() {
+            bail!("enabling forwarding in {r}: {}", out.text.trim());
+        }
+        // UDP gets a port from the range (so the peer sees a mapping, not
+        // the inside's own 500/4500); anything else keeps its port.
+        nft(
+            r,
+            &format!(
+                "table ip harness_nat {{\n  chain postrouting {{\n    \
+                 type nat hook postrouting priority srcnat; policy accept;\n    \
+                 {}\n  }}\n}}\n",
+                nat_rules(&router.outside, "masquerade to :", "masquerade", NAT_PORTS)
+            ),
+        )
+    }
+
+    /// The NAT forgets its mappings and makes new ones from another public
+    /// address and port range: the SNAT rule is replaced and the router's
+    /// conntrack table flushed, so the inside's next datagram gets a fresh
+    /// mapping (what a NAT reboot or a CGNAT timeout does).
+    pub fn nat_remap(&self) -> Result<()> {
+        let router = self.nat.as_ref().context("not a NAT lab")?;
+        let r = router.ns.as_str();
+        ip(&[
+            "-n",
+            r,
+            "addr",
+            "add",
+            &format!("{NAT_REMAP_ADDR}/24"),
+            "dev",
+            &router.outside,
+        ])?;
+        nft(
+            r,
+            &format!(
+                "flush chain ip harness_nat postrouting\n{}\n",
+                nat_rules(
+                    &router.outside,
+                    &format!("snat to {NAT_REMAP_ADDR}:"),
+                    &format!("snat to {NAT_REMAP_ADDR}"),
+                    NAT_REMAP_PORTS
+                )
+                .lines()
+                .map(|l| format!("add rule ip harness_nat postrouting {}", l.trim()))
+                .collect::<Vec<_>>()
+                .join("\n")
+            ),
+        )?;
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", r, "conntrack", "-F"]);
+        let out = run(&mut cmd, Duration::from_secs(10))
+            .context("running conntrack (apt-get install conntrack)")?;
+        if !out.success() {
+            bail!("conntrack -F in {r} failed: {}", out.text.trim());
+        }
+        Ok(())
+    }
+
+    /// The address anyhubd listens on (private behind a NAT).
+    pub fn hub_addr(&self) -> &'static str {
+        match self.nat.as_ref().map(|r| r.behind) {
+            Some(Behind::Hub) => NAT_INSIDE,
+            _ => HUB_ADDR,
+        }
     }
 
     pub fn site_dir(&self) -> PathBuf {
@@ -263,6 +434,9 @@ impl Drop for Lab {
     fn drop(&mut self) {
         delete_namespace(&self.site_ns);
         delete_namespace(&self.hub_ns);
+        if let Some(router) = &self.nat {
+            delete_namespace(&router.ns);
+        }
         if let Some(keep) = &self.keep {
             if let Err(e) = copy_logs(&self.dir, keep) {
                 eprintln!("interop: keeping logs in {}: {e:#}", keep.display());
@@ -271,6 +445,28 @@ impl Drop for Lab {
         let _ = fs::remove_dir_all(&self.dir);
         registry().labs.remove(&self.n);
     }
+}
+
+/// `lo` up with the side's inner address and the `extra` ones.
+fn add_inner(ns: &str, inner: Ipv4Addr, extra: &[Ipv4Addr]) -> Result<()> {
+    ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    let mut inner_addrs = vec![inner];
+    inner_addrs.extend(extra.iter().copied().filter(|a| *a != inner));
+    for a in inner_addrs {
+        ip(&["-n", ns, "addr", "add", &format!("{a}/32"), "dev", "lo"])?;
+    }
+    Ok(())
+}
+
+/// The NAT router's two postrouting rules for traffic from the inside
+/// leaving on `outside`: UDP with `udp_action` + the port range, the rest
+/// with `other_action`. One rule a line.
+fn nat_rules(outside: &str, udp_action: &str, other_action: &str, ports: (u16, u16)) -> String {
+    let from = format!("oifname \"{outside}\" ip saddr {NAT_INSIDE_NET}");
+    format!(
+        "{from} ip protocol udp {udp_action}{}-{}\n    {from} {other_action}",
+        ports.0, ports.1
+    )
 }
 
 /// Copies the regular files of a work dir (configs, logs; not sockets).
@@ -579,6 +775,7 @@ mod tests {
     fn owner_pid_parses_only_our_names() {
         assert_eq!(owner_pid("ahs1234-5"), Some(1234));
         assert_eq!(owner_pid("ahh77-12"), Some(77));
+        assert_eq!(owner_pid("ahr77-3"), Some(77));
         assert_eq!(owner_pid("ahs1234"), None);
         assert_eq!(owner_pid("ahs1234-x"), None);
         assert_eq!(owner_pid("pa1234"), None);

@@ -9,7 +9,7 @@
 //! IKE identities in strongSwan syntax are normalised.
 
 use std::fs;
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -394,6 +394,14 @@ pub struct SwanIkeSa {
     /// Negotiated proposal in swanctl's notation.
     pub proposal: String,
     pub children: Vec<SwanChildSa>,
+    /// The IKE SA's outer addresses (`local-host`/`-port`, `remote-…`).
+    pub local: Option<SocketAddr>,
+    pub remote: Option<SocketAddr>,
+    /// strongSwan's NAT conditions: a NAT in front of itself (`nat-local`,
+    /// it then sends keepalives) / in front of the peer (`nat-remote`;
+    /// also set when it fakes a NAT to force UDP encapsulation).
+    pub nat_local: bool,
+    pub nat_remote: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -407,6 +415,8 @@ pub struct SwanChildSa {
     pub proposal: String,
     pub local_ts: Vec<String>,
     pub remote_ts: Vec<String>,
+    /// ESP in UDP (RFC 3948).
+    pub encap: bool,
 }
 
 /// A node of swanctl's `--pretty` dump of vici messages.
@@ -534,6 +544,7 @@ fn parse_list_sas(text: &str) -> Result<Vec<SwanIkeSa>> {
                         proposal: vici_proposal(c, false),
                         local_ts: c.list("local-ts"),
                         remote_ts: c.list("remote-ts"),
+                        encap: c.str("encap") == Some("yes"),
                     });
                 }
             }
@@ -547,10 +558,21 @@ fn parse_list_sas(text: &str) -> Result<Vec<SwanIkeSa>> {
                 remote_id: ike.str("remote-id").unwrap_or("").to_string(),
                 proposal: vici_proposal(ike, true),
                 children,
+                local: endpoint(ike, "local"),
+                remote: endpoint(ike, "remote"),
+                nat_local: ike.str("nat-local") == Some("yes"),
+                nat_remote: ike.str("nat-remote") == Some("yes"),
             });
         }
     }
     Ok(sas)
+}
+
+/// `<side>-host` and `<side>-port` of an IKE SA, if both parse.
+fn endpoint(ike: &Node, side: &str) -> Option<SocketAddr> {
+    let host: IpAddr = ike.str(&format!("{side}-host"))?.parse().ok()?;
+    let port: u16 = ike.str(&format!("{side}-port"))?.parse().ok()?;
+    Some(SocketAddr::new(host, port))
 }
 
 /// The proposal the way swanctl prints it: ENCR[-KEYSIZE][/INTEG][/PRF][/DH][/ESN].
@@ -841,6 +863,10 @@ list-sas reply {
         assert_eq!(c.proposal, "AES_GCM_16-128");
         assert_eq!(c.local_ts, ["10.10.1.0/24"]);
         assert_eq!(c.remote_ts, ["10.20.1.0/24"]);
+        assert!(c.encap);
+        assert_eq!(sa.local, Some("198.51.100.2:4500".parse().unwrap()));
+        assert_eq!(sa.remote, Some("198.51.100.1:4500".parse().unwrap()));
+        assert!(!sa.nat_local && sa.nat_remote);
     }
 
     #[test]
