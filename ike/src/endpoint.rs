@@ -19,6 +19,8 @@
 
 mod defence;
 mod fragment;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod lifecycle;
 
 use crate::auth;
