@@ -281,6 +281,10 @@ struct IkeSa {
     last_keepalive: Option<Instant>,
     /// Our entry in the half-open table, until IKE_AUTH completes.
     half_open_key: Option<(u64, SocketAddr)>,
+    /// An event announced it (`IkeSaEstablished`, or `IkeSaRekeyed` as the
+    /// new SA). The redundant SA of a rekey collision (§2.8.2) never is,
+    /// and so ends without an event either.
+    announced: bool,
 }
 
 impl IkeSa {
@@ -335,6 +339,7 @@ impl IkeSa {
             reassembly: None,
             last_keepalive: None,
             half_open_key: None,
+            announced: false,
         }
     }
 
@@ -760,19 +765,15 @@ impl Endpoint {
                     if o.tries >= r.tries {
                         tracing::debug!(handle = handle.0, "peer did not answer; IKE SA given up");
                         let reason = SaEndReason::Timeout;
-                        let ev = if matches!(sa.phase, Phase::Established | Phase::Deleting) {
+                        if matches!(sa.phase, Phase::Established | Phase::Deleting) {
                             self.child_deleted_events(&sa);
-                            Event::IkeSaDeleted {
-                                info: sa.info(),
-                                reason,
-                            }
+                            self.ike_sa_deleted(&sa, reason);
                         } else {
-                            Event::IkeSaFailed {
+                            self.events.push_back(Event::IkeSaFailed {
                                 info: sa.info(),
                                 reason,
-                            }
-                        };
-                        self.events.push_back(ev);
+                            });
+                        }
                         self.peer_dead(now, &sa);
                         self.forget(sa);
                         continue;
@@ -1252,6 +1253,7 @@ impl Endpoint {
         if initial_contact {
             self.replace_on_initial_contact(sa);
         }
+        sa.announced = true;
         self.events.push_back(Event::IkeSaEstablished(sa.info()));
 
         // The first child SA (§1.2). Its failure leaves the IKE SA up.
@@ -1386,14 +1388,12 @@ impl Endpoint {
             }
             self.child_deleted_events(sa);
             tracing::debug!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), remote = %sa.remote, "IKE SA deleted by peer");
-            self.events.push_back(Event::IkeSaDeleted {
-                info: sa.info(),
-                reason: if auth_failed {
-                    SaEndReason::AuthenticationFailed
-                } else {
-                    SaEndReason::DeletedByPeer
-                },
-            });
+            let reason = if auth_failed {
+                SaEndReason::AuthenticationFailed
+            } else {
+                SaEndReason::DeletedByPeer
+            };
+            self.ike_sa_deleted(sa, reason);
             return false;
         }
         if !our_deleted.is_empty() {
@@ -1734,6 +1734,7 @@ impl Endpoint {
         (sa.rekey_at, sa.expire_at) = (Some(rekey_at), Some(expire_at));
         self.counters.ike_sa_established += 1;
         tracing::debug!(tunnel = %tunnel.id, remote = %sa.remote, proposal = ?sa.proposal.as_ref().map(|p| p.to_string()), "IKE SA established (initiator)");
+        sa.announced = true;
         self.events.push_back(Event::IkeSaEstablished(sa.info()));
 
         let child = (|| {
@@ -2070,12 +2071,21 @@ impl Endpoint {
             if let Some(old) = self.sas.remove(&h) {
                 tracing::debug!(tunnel = %tunnel.id, old = format_args!("{:016x}", old.our_spi()), "INITIAL_CONTACT: replacing the old IKE SA");
                 self.child_deleted_events(&old);
-                self.events.push_back(Event::IkeSaDeleted {
-                    info: old.info(),
-                    reason: SaEndReason::ReplacedByInitialContact,
-                });
+                self.ike_sa_deleted(&old, SaEndReason::ReplacedByInitialContact);
                 self.forget(old);
             }
+        }
+    }
+
+    /// The end of an IKE SA that was up: told only if its start was.
+    fn ike_sa_deleted(&mut self, sa: &IkeSa, reason: SaEndReason) {
+        if sa.announced {
+            self.events.push_back(Event::IkeSaDeleted {
+                info: sa.info(),
+                reason,
+            });
+        } else {
+            tracing::debug!(handle = sa.handle.0, ?reason, "redundant IKE SA gone");
         }
     }
 
@@ -2113,7 +2123,7 @@ impl Endpoint {
         tracing::debug!(handle = sa.handle.0, from = %sa.remote, to = %remote, "peer moved");
         sa.local = local;
         sa.remote = remote;
-        if matches!(sa.phase, Phase::Established | Phase::Deleting) {
+        if matches!(sa.phase, Phase::Established | Phase::Deleting) && sa.announced {
             self.counters.peer_moved += 1;
             self.events.push_back(Event::IkeSaMoved {
                 handle: sa.handle,

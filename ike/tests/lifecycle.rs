@@ -539,3 +539,54 @@ fn simultaneous_child_rekey_with_reordered_answers() {
         assert_eq!(p.b.child_sas_of(hb).len(), 1, "seed {seed}");
     }
 }
+
+/// Found by the `established` fuzz target: after an IKE SA rekey collision
+/// (§2.8.2) the redundant new IKE SA, which no event ever announced, ended
+/// with an `IkeSaDeleted` on the side that did not create it (and on the
+/// side that did). Now every IKE SA event stream is well formed: each
+/// `IkeSaDeleted` ends an SA that `IkeSaEstablished` or `IkeSaRekeyed`
+/// announced, once; the redundant SA comes and goes silently.
+#[test]
+fn ike_rekey_collision_tells_only_of_announced_sas() {
+    for seed in 0..16u64 {
+        let mut p = Pair::new(
+            endpoint(1, seed, &[TunnelSpec::site()]),
+            endpoint(2, 200 + seed, &[TunnelSpec::hub()]),
+        );
+        p.initiate();
+        p.drive_for(Duration::from_secs(1));
+        let (ha, hb) = handles(&p);
+        assert!(p.a.rekey_ike_sa(p.now, ha));
+        assert!(p.b.rekey_ike_sa(p.now, hb));
+        p.drive_for(Duration::from_secs(60));
+        for (side, evs) in [("A", &p.a_events), ("B", &p.b_events)] {
+            let mut up = std::collections::HashSet::new();
+            let mut deleted = 0;
+            for e in evs.iter() {
+                match e {
+                    Event::IkeSaEstablished(i) => assert!(up.insert(i.handle)),
+                    Event::IkeSaRekeyed { old, new } => {
+                        assert!(up.contains(old), "seed {seed} {side}: rekey of {old:?}");
+                        assert!(up.insert(new.handle));
+                    }
+                    Event::IkeSaDeleted { info, reason } => {
+                        assert!(
+                            up.remove(&info.handle),
+                            "seed {seed} {side}: {:?} deleted ({reason:?}) but never announced",
+                            info.handle
+                        );
+                        assert!(
+                            matches!(reason, SaEndReason::Rekeyed | SaEndReason::DeletedByPeer),
+                            "seed {seed} {side}: {reason:?}"
+                        );
+                        deleted += 1;
+                    }
+                    Event::IkeSaMoved { handle, .. } => assert!(up.contains(handle)),
+                    _ => {}
+                }
+            }
+            assert_eq!(deleted, 1, "seed {seed} {side}: only the old SA ends");
+            assert_eq!(up.len(), 1, "seed {seed} {side}: the survivor is up");
+        }
+    }
+}
