@@ -396,27 +396,34 @@ impl IkeSa {
         }
     }
 
+    /// The SA's next deadline: only what `handle_timeout` acts on in the
+    /// SA's phase. Lifetimes (rekey, expiry, the grace of a superseded SA)
+    /// are acted on only while established (`Endpoint::tick`); were they
+    /// scheduled while our DELETE awaits its answer, a passed one would
+    /// stay due, and `handle_timeout` would spin on it.
     fn next_timer(
         &self,
         dpd_due: Option<Instant>,
         keepalive_due: Option<Instant>,
     ) -> Option<Instant> {
+        let established = matches!(self.phase, Phase::Established);
         let children = self
             .children
             .iter()
-            .filter(|c| !c.deleting)
+            .filter(|c| established && !c.deleting)
             .flat_map(|c| [c.rekey_at, Some(c.expire_at)]);
+        let lifetimes = [self.rekey_at, self.expire_at, self.superseded_at]
+            .into_iter()
+            .filter(|_| established);
         [
             self.outstanding.as_ref().map(|o| o.next_at),
             self.deadline,
-            self.rekey_at,
-            self.expire_at,
-            self.superseded_at,
             self.retry_at.map(|(t, _)| t),
             keepalive_due,
             dpd_due,
         ]
         .into_iter()
+        .chain(lifetimes)
         .chain(children)
         .flatten()
         .min()

@@ -590,3 +590,44 @@ fn ike_rekey_collision_tells_only_of_announced_sas() {
         }
     }
 }
+
+/// Found by the `established` fuzz target: while our DELETE of an IKE SA
+/// awaited its answer, a child SA's rekey time (or the IKE SA's own)
+/// passed; the lifetime stayed scheduled but nothing acts on lifetimes of
+/// an SA being deleted, so `handle_timeout` spun on it for ever. Run in a
+/// thread so that a spin fails the test instead of hanging it.
+#[test]
+fn lifetimes_passing_during_our_delete_do_not_spin() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let site = TunnelSpec {
+            child_lifetime: 60,
+            ike_lifetime: 90,
+            ..TunnelSpec::site()
+        };
+        let mut p = Pair::new(
+            endpoint(1, 1, &[site]),
+            endpoint(2, 2, &[TunnelSpec::hub()]),
+        );
+        p.initiate();
+        p.drive_for(Duration::from_secs(1));
+        let (ha, _) = handles(&p);
+        p.loss = Box::new(|_, _, _| true); // the hub stops answering
+        assert!(p.a.delete_ike_sa(p.now, ha));
+        // The DELETE is retransmitted for about 165 s; the child's rekey
+        // (~55 s) and the IKE SA's (~85 s) fall due meanwhile.
+        p.drive_for(Duration::from_secs(600));
+        tx.send((p.a.ike_sas().len(), p.a_events)).unwrap();
+    });
+    let (left, events) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("handle_timeout returns");
+    assert_eq!(left, 0, "the unanswered DELETE ends the SA");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::IkeSaDeleted {
+            reason: SaEndReason::Timeout,
+            ..
+        }
+    )));
+}
