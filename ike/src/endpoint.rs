@@ -19,6 +19,8 @@
 
 mod defence;
 mod fragment;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod lifecycle;
 
 use crate::auth;
@@ -286,6 +288,10 @@ struct IkeSa {
     reauth_at: Option<Instant>,
     /// This SA reauthenticates that one, which goes once this is up.
     replaces: Option<IkeSaHandle>,
+    /// An event announced it (`IkeSaEstablished`, or `IkeSaRekeyed` as the
+    /// new SA). The redundant SA of a rekey collision (§2.8.2) never is,
+    /// and so ends without an event either.
+    announced: bool,
 }
 
 impl IkeSa {
@@ -342,6 +348,7 @@ impl IkeSa {
             half_open_key: None,
             reauth_at: None,
             replaces: None,
+            announced: false,
         }
     }
 
@@ -398,28 +405,35 @@ impl IkeSa {
         }
     }
 
+    /// The SA's next deadline: only what `handle_timeout` acts on in the
+    /// SA's phase. Lifetimes (rekey, expiry, the grace of a superseded SA)
+    /// are acted on only while established (`Endpoint::tick`); were they
+    /// scheduled while our DELETE awaits its answer, a passed one would
+    /// stay due, and `handle_timeout` would spin on it.
     fn next_timer(
         &self,
         dpd_due: Option<Instant>,
         keepalive_due: Option<Instant>,
     ) -> Option<Instant> {
+        let established = matches!(self.phase, Phase::Established);
         let children = self
             .children
             .iter()
-            .filter(|c| !c.deleting)
+            .filter(|c| established && !c.deleting)
             .flat_map(|c| [c.rekey_at, Some(c.expire_at)]);
+        let lifetimes = [self.rekey_at, self.expire_at, self.superseded_at]
+            .into_iter()
+            .filter(|_| established);
         [
             self.outstanding.as_ref().map(|o| o.next_at),
             self.deadline,
-            self.rekey_at,
-            self.expire_at,
-            self.superseded_at,
             self.retry_at.map(|(t, _)| t),
             keepalive_due,
             self.reauth_at,
             dpd_due,
         ]
         .into_iter()
+        .chain(lifetimes)
         .chain(children)
         .flatten()
         .min()
@@ -768,19 +782,15 @@ impl Endpoint {
                     if o.tries >= r.tries {
                         tracing::debug!(handle = handle.0, "peer did not answer; IKE SA given up");
                         let reason = SaEndReason::Timeout;
-                        let ev = if matches!(sa.phase, Phase::Established | Phase::Deleting) {
+                        if matches!(sa.phase, Phase::Established | Phase::Deleting) {
                             self.child_deleted_events(&sa);
-                            Event::IkeSaDeleted {
-                                info: sa.info(),
-                                reason,
-                            }
+                            self.ike_sa_deleted(&sa, reason);
                         } else {
-                            Event::IkeSaFailed {
+                            self.events.push_back(Event::IkeSaFailed {
                                 info: sa.info(),
                                 reason,
-                            }
-                        };
-                        self.events.push_back(ev);
+                            });
+                        }
                         self.peer_dead(now, &sa);
                         self.forget(sa);
                         continue;
@@ -1269,6 +1279,7 @@ impl Endpoint {
         if initial_contact {
             self.replace_on_initial_contact(sa);
         }
+        sa.announced = true;
         self.events.push_back(Event::IkeSaEstablished(sa.info()));
 
         // The first child SA (§1.2). Its failure leaves the IKE SA up.
@@ -1403,14 +1414,12 @@ impl Endpoint {
             }
             self.child_deleted_events(sa);
             tracing::debug!(tunnel = ?sa.tunnel.as_ref().map(|t| t.id.clone()), remote = %sa.remote, "IKE SA deleted by peer");
-            self.events.push_back(Event::IkeSaDeleted {
-                info: sa.info(),
-                reason: if auth_failed {
-                    SaEndReason::AuthenticationFailed
-                } else {
-                    SaEndReason::DeletedByPeer
-                },
-            });
+            let reason = if auth_failed {
+                SaEndReason::AuthenticationFailed
+            } else {
+                SaEndReason::DeletedByPeer
+            };
+            self.ike_sa_deleted(sa, reason);
             return false;
         }
         if !our_deleted.is_empty() {
@@ -1759,6 +1768,7 @@ impl Endpoint {
         (sa.rekey_at, sa.expire_at) = (Some(rekey_at), Some(expire_at));
         self.counters.ike_sa_established += 1;
         tracing::debug!(tunnel = %tunnel.id, remote = %sa.remote, proposal = ?sa.proposal.as_ref().map(|p| p.to_string()), "IKE SA established (initiator)");
+        sa.announced = true;
         self.events.push_back(Event::IkeSaEstablished(sa.info()));
         // Reauthentication (RFC 7296 §2.8.3): by our own policy or the
         // responder's AUTH_LIFETIME, whichever comes first.
@@ -2115,12 +2125,21 @@ impl Endpoint {
             if let Some(old) = self.sas.remove(&h) {
                 tracing::debug!(tunnel = %tunnel.id, old = format_args!("{:016x}", old.our_spi()), "INITIAL_CONTACT: replacing the old IKE SA");
                 self.child_deleted_events(&old);
-                self.events.push_back(Event::IkeSaDeleted {
-                    info: old.info(),
-                    reason: SaEndReason::ReplacedByInitialContact,
-                });
+                self.ike_sa_deleted(&old, SaEndReason::ReplacedByInitialContact);
                 self.forget(old);
             }
+        }
+    }
+
+    /// The end of an IKE SA that was up: told only if its start was.
+    fn ike_sa_deleted(&mut self, sa: &IkeSa, reason: SaEndReason) {
+        if sa.announced {
+            self.events.push_back(Event::IkeSaDeleted {
+                info: sa.info(),
+                reason,
+            });
+        } else {
+            tracing::debug!(handle = sa.handle.0, ?reason, "redundant IKE SA gone");
         }
     }
 
@@ -2158,7 +2177,7 @@ impl Endpoint {
         tracing::debug!(handle = sa.handle.0, from = %sa.remote, to = %remote, "peer moved");
         sa.local = local;
         sa.remote = remote;
-        if matches!(sa.phase, Phase::Established | Phase::Deleting) {
+        if matches!(sa.phase, Phase::Established | Phase::Deleting) && sa.announced {
             self.counters.peer_moved += 1;
             self.events.push_back(Event::IkeSaMoved {
                 handle: sa.handle,

@@ -25,6 +25,11 @@ pub mod wire;
 
 pub use auth::{PubkeyAuth, PubkeyError, TunnelAuth};
 pub use config::{EndpointConfig, RetransmitConfig, TunnelConfig, WallClock, MAX_NODE_INDEX};
+/// Hooks for the fuzz targets only (cargo feature `fuzzing`, enabled by
+/// `fuzz/`; see docs/testing.md).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub use endpoint::fuzzing;
 pub use endpoint::{nat_detection_hash, Counters, Endpoint, InitiateError, MAX_HALF_OPEN};
 pub use event::{
     ChildSa, DirectionKeys, Event, IkeSaHandle, IkeSaInfo, IkeState, SaEndReason, Transmit,

@@ -169,7 +169,7 @@ impl SkCrypto {
 
     /// Encrypts `inner` (an emitted payload chain, or one fragment of one)
     /// into a whole message: SK, or SKF with `fragment` = (number, total).
-    fn seal_plain(
+    pub(crate) fn seal_plain(
         &mut self,
         we_are_initiator: bool,
         header: &Header,

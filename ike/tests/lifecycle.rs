@@ -595,3 +595,95 @@ fn reauthentication_by_either_side_is_make_before_break() {
         assert!(!live_children(&p.a_events).contains_key(&first_child));
     }
 }
+
+/// Found by the `established` fuzz target: after an IKE SA rekey collision
+/// (§2.8.2) the redundant new IKE SA, which no event ever announced, ended
+/// with an `IkeSaDeleted` on the side that did not create it (and on the
+/// side that did). Now every IKE SA event stream is well formed: each
+/// `IkeSaDeleted` ends an SA that `IkeSaEstablished` or `IkeSaRekeyed`
+/// announced, once; the redundant SA comes and goes silently.
+#[test]
+fn ike_rekey_collision_tells_only_of_announced_sas() {
+    for seed in 0..16u64 {
+        let mut p = Pair::new(
+            endpoint(1, seed, &[TunnelSpec::site()]),
+            endpoint(2, 200 + seed, &[TunnelSpec::hub()]),
+        );
+        p.initiate();
+        p.drive_for(Duration::from_secs(1));
+        let (ha, hb) = handles(&p);
+        assert!(p.a.rekey_ike_sa(p.now, ha));
+        assert!(p.b.rekey_ike_sa(p.now, hb));
+        p.drive_for(Duration::from_secs(60));
+        for (side, evs) in [("A", &p.a_events), ("B", &p.b_events)] {
+            let mut up = std::collections::HashSet::new();
+            let mut deleted = 0;
+            for e in evs.iter() {
+                match e {
+                    Event::IkeSaEstablished(i) => assert!(up.insert(i.handle)),
+                    Event::IkeSaRekeyed { old, new } => {
+                        assert!(up.contains(old), "seed {seed} {side}: rekey of {old:?}");
+                        assert!(up.insert(new.handle));
+                    }
+                    Event::IkeSaDeleted { info, reason } => {
+                        assert!(
+                            up.remove(&info.handle),
+                            "seed {seed} {side}: {:?} deleted ({reason:?}) but never announced",
+                            info.handle
+                        );
+                        assert!(
+                            matches!(reason, SaEndReason::Rekeyed | SaEndReason::DeletedByPeer),
+                            "seed {seed} {side}: {reason:?}"
+                        );
+                        deleted += 1;
+                    }
+                    Event::IkeSaMoved { handle, .. } => assert!(up.contains(handle)),
+                    _ => {}
+                }
+            }
+            assert_eq!(deleted, 1, "seed {seed} {side}: only the old SA ends");
+            assert_eq!(up.len(), 1, "seed {seed} {side}: the survivor is up");
+        }
+    }
+}
+
+/// Found by the `established` fuzz target: while our DELETE of an IKE SA
+/// awaited its answer, a child SA's rekey time (or the IKE SA's own)
+/// passed; the lifetime stayed scheduled but nothing acts on lifetimes of
+/// an SA being deleted, so `handle_timeout` spun on it for ever. Run in a
+/// thread so that a spin fails the test instead of hanging it.
+#[test]
+fn lifetimes_passing_during_our_delete_do_not_spin() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let site = TunnelSpec {
+            child_lifetime: 60,
+            ike_lifetime: 90,
+            ..TunnelSpec::site()
+        };
+        let mut p = Pair::new(
+            endpoint(1, 1, &[site]),
+            endpoint(2, 2, &[TunnelSpec::hub()]),
+        );
+        p.initiate();
+        p.drive_for(Duration::from_secs(1));
+        let (ha, _) = handles(&p);
+        p.loss = Box::new(|_, _, _| true); // the hub stops answering
+        assert!(p.a.delete_ike_sa(p.now, ha));
+        // The DELETE is retransmitted for about 165 s; the child's rekey
+        // (~55 s) and the IKE SA's (~85 s) fall due meanwhile.
+        p.drive_for(Duration::from_secs(600));
+        tx.send((p.a.ike_sas().len(), p.a_events)).unwrap();
+    });
+    let (left, events) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("handle_timeout returns");
+    assert_eq!(left, 0, "the unanswered DELETE ends the SA");
+    assert!(events.iter().any(|e| matches!(
+        e,
+        Event::IkeSaDeleted {
+            reason: SaEndReason::Timeout,
+            ..
+        }
+    )));
+}

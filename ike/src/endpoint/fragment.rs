@@ -42,6 +42,12 @@ pub(super) enum Collected {
 }
 
 impl Reassembly {
+    /// Plaintext bytes held.
+    #[cfg(feature = "fuzzing")]
+    pub(super) fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     /// Adds fragment `number` of `total` of message `msg_id` (already
     /// authenticated) to `slot`, starting over for a new message.
     pub(super) fn collect(

@@ -389,10 +389,7 @@ impl Endpoint {
                     SaEndReason::DeletedLocally
                 };
                 tracing::debug!(handle = sa.handle.0, ?reason, "IKE SA deleted");
-                self.events.push_back(Event::IkeSaDeleted {
-                    info: sa.info(),
-                    reason,
-                });
+                self.ike_sa_deleted(sa, reason);
                 false
             }
             Pending::DeleteChild(spi_in) => {
@@ -740,6 +737,7 @@ impl Endpoint {
         old.rekey_at = None;
         old.retry_at = None;
         tracing::debug!(old = old.handle.0, new = n.handle.0, "IKE SA rekeyed");
+        n.announced = true;
         self.events.push_back(Event::IkeSaRekeyed {
             old: old.handle,
             new: n.info(),
