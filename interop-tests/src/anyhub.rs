@@ -158,6 +158,21 @@ impl Anyhubd {
         tunnels: &[Tunnel],
         ike_extra: &[String],
     ) -> Result<Anyhubd> {
+        let level = std::env::var("ANYHUBD_LOG_LEVEL").unwrap_or_else(|_| "debug".into());
+        Anyhubd::start_with(ns, dir, bins, tunnels, ike_extra, &level, None)
+    }
+
+    /// [`Anyhubd::start`] at log level `level`, optionally pinned to one
+    /// CPU with `taskset` (benchmarks).
+    pub fn start_with(
+        ns: &str,
+        dir: &Path,
+        bins: &Binaries,
+        tunnels: &[Tunnel],
+        ike_extra: &[String],
+        level: &str,
+        cpu: Option<usize>,
+    ) -> Result<Anyhubd> {
         let socket = dir.join("anyhubd.sock");
         let config = dir.join("anyhubd.toml");
         fs::write(&config, config_toml(tunnels, &socket, ike_extra))?;
@@ -172,13 +187,19 @@ impl Anyhubd {
             );
         }
 
-        let level = std::env::var("ANYHUBD_LOG_LEVEL").unwrap_or_else(|_| "debug".into());
-        let mut cmd = Command::new("ip");
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), "ip"]);
+                c
+            }
+            None => Command::new("ip"),
+        };
         cmd.args(["netns", "exec", ns])
             .arg(&bins.anyhubd)
             .arg("--config")
             .arg(&config)
-            .args(["--log-level", &level]);
+            .args(["--log-level", level]);
         let proc = Proc::spawn(&format!("anyhubd in {ns}"), cmd, &dir.join("anyhubd.log"))?;
         let mut hub = Anyhubd {
             proc,
@@ -207,6 +228,11 @@ impl Anyhubd {
 
     pub fn log(&self) -> PathBuf {
         self.proc.log.clone()
+    }
+
+    /// anyhubd's pid (`ip netns exec` execs into it).
+    pub fn pid(&self) -> i32 {
+        self.proc.pid()
     }
 
     fn ctl(&mut self, json: bool) -> Result<String> {

@@ -11,12 +11,17 @@
 //! interop selfcheck [--filter SUBSTR] [--keep-logs DIR]
 //!                                                   the cases with a strongSwan stand-in hub
 //! interop demo                                      one tunnel, and what both sides say
+//! interop bench-ike [--quick] [--windows 1,2,4] [--peers N] [--charon-threads N]
+//!                   [--step-seconds S] [--run-seconds S] [--rounds N] [--rate-fraction F]
+//!                                                   handshakes/s, latency and CPU vs
+//!                                                   anyhubd and strongSwan (docs/benchmarks.md)
 //! ```
 //!
 //! The anyhubd/anyhubctl contract (config TOML, CLI, status JSON) is in
 //! docs/daemon-contract.md.
 
 mod anyhub;
+mod bench_ike;
 mod cases;
 mod lab;
 mod pki;
@@ -38,6 +43,8 @@ const USAGE: &str = "usage: interop run [--filter SUBSTR] [--keep-logs DIR]
        interop list
        interop selfcheck [--filter SUBSTR] [--keep-logs DIR]
        interop demo
+       interop bench-ike [--quick] [--windows 1,2,4,...] [--peers N] [--charon-threads N]
+                         [--step-seconds S] [--run-seconds S] [--rounds N] [--rate-fraction F]
 
 env: ANYHUBD, ANYHUBCTL   anyhubd/anyhubctl (default: next to this binary)
      CHARON               charon binary (default: /usr/lib/ipsec/charon or charon-systemd)
@@ -47,12 +54,13 @@ env: ANYHUBD, ANYHUBCTL   anyhubd/anyhubctl (default: next to this binary)
 /// Exit code for "the harness could not run" (as opposed to "a case failed").
 const EXIT_SETUP: u8 = 2;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 enum Cmd {
     Run,
     List,
     Selfcheck,
     Demo,
+    BenchIke(bench_ike::Options),
 }
 
 #[derive(Debug)]
@@ -68,6 +76,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
         Some("list") => Cmd::List,
         Some("selfcheck") => Cmd::Selfcheck,
         Some("demo") => Cmd::Demo,
+        Some("bench-ike") => {
+            return Ok(Args {
+                cmd: Cmd::BenchIke(bench_ike::Options::parse(args)?),
+                filter: None,
+                keep_logs: None,
+            })
+        }
         Some(other) => bail!("unknown subcommand {other:?}"),
         None => bail!("missing subcommand"),
     };
@@ -268,8 +283,24 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_SETUP);
         }
     }
-    match args.cmd {
+    match &args.cmd {
         Cmd::Selfcheck => run_suite(&args, HubKind::StrongSwan),
+        Cmd::BenchIke(opts) => {
+            let bins = match Binaries::locate() {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("interop: {e:#}");
+                    return ExitCode::from(EXIT_SETUP);
+                }
+            };
+            match bench_ike::run(opts, &bins) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench-ike: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Cmd::Run | Cmd::Demo => {
             let bins = match Binaries::locate() {
                 Ok(b) => b,
