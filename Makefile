@@ -4,7 +4,7 @@ SHELL := /bin/bash
 CARGO ?= cargo
 TARGET := target/debug
 
-.PHONY: all setup build test unit interop lint demo fuzz clean bench-dataplane
+.PHONY: all setup build test unit interop lint demo fuzz bench-ike clean bench-dataplane
 
 all: build
 
@@ -59,6 +59,16 @@ bench-dataplane: setup
 FUZZ_SECONDS ?= 60
 fuzz: setup
 	scripts/fuzz.sh $(FUZZ_SECONDS)
+
+# IKE handshakes/s, setup latency and responder CPU per handshake against
+# anyhubd and strongSwan in one run, beside the crypto-bound limit; a table,
+# then one JSON line (docs/benchmarks.md). Needs root (namespaces). On a
+# shared machine hold the lock: flock /tmp/anyhub-heavy.lock make bench-ike
+BENCH_IKE_ARGS ?=
+bench-ike: setup
+	$(CARGO) build --release -p anyhub-control -p anyhub-interop-tests --bins
+	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench-ike needs root (network namespaces): sudo make bench-ike"; exit 1; fi
+	target/release/interop bench-ike $(BENCH_IKE_ARGS)
 
 clean:
 	$(CARGO) clean

@@ -168,6 +168,23 @@ impl Anyhubd {
         tunnels: &[Tunnel],
         ike_extra: &[String],
     ) -> Result<Anyhubd> {
+        let level = std::env::var("ANYHUBD_LOG_LEVEL").unwrap_or_else(|_| "debug".into());
+        Anyhubd::start_with(listen, ns, dir, bins, tunnels, ike_extra, &level, None)
+    }
+
+    /// [`Anyhubd::start`] at log level `level`, optionally pinned to one
+    /// CPU with `taskset` (benchmarks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn start_with(
+        listen: &str,
+        ns: &str,
+        dir: &Path,
+        bins: &Binaries,
+        tunnels: &[Tunnel],
+        ike_extra: &[String],
+        level: &str,
+        cpu: Option<usize>,
+    ) -> Result<Anyhubd> {
         let socket = dir.join("anyhubd.sock");
         let config = dir.join("anyhubd.toml");
         fs::write(&config, config_toml(listen, tunnels, &socket, ike_extra))?;
@@ -182,13 +199,19 @@ impl Anyhubd {
             );
         }
 
-        let level = std::env::var("ANYHUBD_LOG_LEVEL").unwrap_or_else(|_| "debug".into());
-        let mut cmd = Command::new("ip");
+        let mut cmd = match cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), "ip"]);
+                c
+            }
+            None => Command::new("ip"),
+        };
         cmd.args(["netns", "exec", ns])
             .arg(&bins.anyhubd)
             .arg("--config")
             .arg(&config)
-            .args(["--log-level", &level]);
+            .args(["--log-level", level]);
         let proc = Proc::spawn(&format!("anyhubd in {ns}"), cmd, &dir.join("anyhubd.log"))?;
         let mut hub = Anyhubd {
             proc,
@@ -219,6 +242,7 @@ impl Anyhubd {
         self.proc.log.clone()
     }
 
+    /// anyhubd's pid (`ip netns exec` execs into it).
     pub fn pid(&self) -> i32 {
         self.proc.pid()
     }

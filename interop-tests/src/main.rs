@@ -12,6 +12,10 @@
 //!                                                   the cases with a strongSwan stand-in hub
 //! interop demo                                      one tunnel, and what both sides say
 //! interop bench-dataplane [--seconds N]             throughput: anyhub, strongSwan, boringtun, veth
+//! interop bench-ike [--quick] [--windows 1,2,4] [--peers N] [--charon-threads N]
+//!                   [--step-seconds S] [--run-seconds S] [--rounds N] [--rate-fraction F]
+//!                                                   handshakes/s, latency and CPU vs
+//!                                                   anyhubd and strongSwan (docs/benchmarks.md)
 //! ```
 //!
 //! The anyhubd/anyhubctl contract (config TOML, CLI, status JSON) is in
@@ -19,6 +23,7 @@
 
 mod anyhub;
 mod bench_dataplane;
+mod bench_ike;
 mod cases;
 mod flood;
 mod lab;
@@ -42,6 +47,8 @@ const USAGE: &str = "usage: interop run [--filter SUBSTR] [--keep-logs DIR]
        interop selfcheck [--filter SUBSTR] [--keep-logs DIR]
        interop demo
        interop bench-dataplane [--seconds N]   (hold the machine lock: make bench-dataplane)
+       interop bench-ike [--quick] [--windows 1,2,4,...] [--peers N] [--charon-threads N]
+                         [--step-seconds S] [--run-seconds S] [--rounds N] [--rate-fraction F]
 
 env: ANYHUBD, ANYHUBCTL   anyhubd/anyhubctl (default: next to this binary)
      CHARON               charon binary (default: /usr/lib/ipsec/charon or charon-systemd)
@@ -51,13 +58,14 @@ env: ANYHUBD, ANYHUBCTL   anyhubd/anyhubctl (default: next to this binary)
 /// Exit code for "the harness could not run" (as opposed to "a case failed").
 const EXIT_SETUP: u8 = 2;
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 enum Cmd {
     Run,
     List,
     Selfcheck,
     Demo,
     BenchDataplane,
+    BenchIke(bench_ike::Options),
 }
 
 #[derive(Debug)]
@@ -75,6 +83,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
         Some("selfcheck") => Cmd::Selfcheck,
         Some("demo") => Cmd::Demo,
         Some("bench-dataplane") => Cmd::BenchDataplane,
+        Some("bench-ike") => {
+            return Ok(Args {
+                cmd: Cmd::BenchIke(bench_ike::Options::parse(args)?),
+                filter: None,
+                keep_logs: None,
+                seconds: 5,
+            })
+        }
         Some(other) => bail!("unknown subcommand {other:?}"),
         None => bail!("missing subcommand"),
     };
@@ -100,7 +116,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args> {
                         .into(),
                 )
             }
-            "--seconds" if parsed.cmd == Cmd::BenchDataplane => {
+            "--seconds" if matches!(parsed.cmd, Cmd::BenchDataplane) => {
                 parsed.seconds = args
                     .next()
                     .and_then(|v| v.parse().ok())
@@ -283,7 +299,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_SETUP);
         }
     }
-    match args.cmd {
+    match &args.cmd {
         Cmd::Selfcheck => run_suite(&args, HubKind::StrongSwan),
         Cmd::BenchDataplane => {
             let opts = bench_dataplane::Options {
@@ -293,6 +309,22 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("interop: bench-dataplane: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Cmd::BenchIke(opts) => {
+            let bins = match Binaries::locate() {
+                Ok(b) => b,
+                Err(e) => {
+                    eprintln!("interop: {e:#}");
+                    return ExitCode::from(EXIT_SETUP);
+                }
+            };
+            match bench_ike::run(opts, &bins) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("bench-ike: {e:#}");
                     ExitCode::FAILURE
                 }
             }

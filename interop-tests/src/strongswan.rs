@@ -202,6 +202,8 @@ pub struct Charon {
     pub ns: String,
     pub dir: PathBuf,
     proc: Option<Proc>,
+    /// Pinned to this CPU (`taskset -c`), for benchmarks.
+    cpu: Option<usize>,
 }
 
 impl Charon {
@@ -215,20 +217,46 @@ impl Charon {
     /// [`Charon::start`] with extra `charon { … }` settings (e.g.
     /// `fragment_size = 576`, `signature_authentication = no`).
     pub fn start_with(ns: &str, dir: &Path, extra: &[String]) -> Result<Charon> {
+        Charon::start_conf(ns, dir, &strongswan_conf(dir, extra), None)
+    }
+
+    /// Starts charon with a complete strongswan.conf of the caller's (which
+    /// must put the vici socket at `dir/vici`), optionally pinned to one
+    /// CPU with `taskset`.
+    pub fn start_conf(ns: &str, dir: &Path, conf: &str, cpu: Option<usize>) -> Result<Charon> {
         let mut charon = Charon {
             ns: ns.to_string(),
             dir: dir.to_path_buf(),
             proc: None,
+            cpu,
         };
-        fs::write(dir.join("strongswan.conf"), strongswan_conf(dir, extra))?;
+        fs::write(dir.join("strongswan.conf"), conf)?;
         charon.spawn()?;
         Ok(charon)
+    }
+
+    /// The vici socket path to write into a strongswan.conf for `dir`.
+    pub fn vici_in(dir: &Path) -> PathBuf {
+        dir.join("vici")
+    }
+
+    /// charon's pid (the `ip netns exec … unshare … sh -c exec` chain
+    /// execs into charon, so it is the process the harness started).
+    pub fn pid(&self) -> Option<i32> {
+        self.proc.as_ref().map(Proc::pid)
     }
 
     fn spawn(&mut self) -> Result<()> {
         let bin = charon_binary()?;
         let _ = fs::remove_file(self.vici());
-        let mut cmd = Command::new("ip");
+        let mut cmd = match self.cpu {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string(), "ip"]);
+                c
+            }
+            None => Command::new("ip"),
+        };
         cmd.args(["netns", "exec", &self.ns, "unshare", "-m", "sh", "-c"])
             .arg(format!(
                 "mount -t tmpfs none /run && STRONGSWAN_CONF='{}' exec '{}'",
@@ -291,7 +319,7 @@ impl Charon {
     }
 
     pub fn vici(&self) -> PathBuf {
-        self.dir.join("vici")
+        Charon::vici_in(&self.dir)
     }
 
     /// charon's own log (filelog).
