@@ -406,8 +406,8 @@ impl IkeSa {
     }
 
     /// The SA's next deadline: only what `handle_timeout` acts on in the
-    /// SA's phase. Lifetimes (rekey, expiry, the grace of a superseded SA)
-    /// are acted on only while established (`Endpoint::tick`); were they
+    /// SA's phase. Lifetimes (rekey, reauthentication, expiry, the grace of
+    /// a superseded SA) are acted on only while established (`Endpoint::tick`); were they
     /// scheduled while our DELETE awaits its answer, a passed one would
     /// stay due, and `handle_timeout` would spin on it.
     fn next_timer(
@@ -421,15 +421,19 @@ impl IkeSa {
             .iter()
             .filter(|c| established && !c.deleting)
             .flat_map(|c| [c.rekey_at, Some(c.expire_at)]);
-        let lifetimes = [self.rekey_at, self.expire_at, self.superseded_at]
-            .into_iter()
-            .filter(|_| established);
+        let lifetimes = [
+            self.rekey_at,
+            self.reauth_at,
+            self.expire_at,
+            self.superseded_at,
+        ]
+        .into_iter()
+        .filter(|_| established);
         [
             self.outstanding.as_ref().map(|o| o.next_at),
             self.deadline,
             self.retry_at.map(|(t, _)| t),
             keepalive_due,
-            self.reauth_at,
             dpd_due,
         ]
         .into_iter()

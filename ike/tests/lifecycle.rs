@@ -687,3 +687,36 @@ fn lifetimes_passing_during_our_delete_do_not_spin() {
         }
     )));
 }
+
+/// Found by the `established` fuzz target once reauthentication ran in it:
+/// the same spin as above for the reauthentication time, which was
+/// scheduled in every phase but acted on only while established.
+#[test]
+fn reauth_time_passing_during_our_delete_does_not_spin() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let site = TunnelSpec {
+            reauth: Some(60),
+            ..TunnelSpec::site()
+        };
+        let mut p = Pair::new(
+            endpoint(1, 1, &[site]),
+            endpoint(2, 2, &[TunnelSpec::hub()]),
+        );
+        p.initiate();
+        p.drive_for(Duration::from_secs(1));
+        let (ha, _) = handles(&p);
+        p.loss = Box::new(|_, _, _| true); // the hub stops answering
+        assert!(p.a.delete_ike_sa(p.now, ha));
+        // The DELETE is retransmitted for about 165 s; the reauthentication
+        // (54–60 s) falls due meanwhile.
+        p.drive_for(Duration::from_secs(600));
+        tx.send((p.a.ike_sas().len(), p.a.counters().reauthentications))
+            .unwrap();
+    });
+    let (left, reauths) = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("handle_timeout returns");
+    assert_eq!(left, 0, "the unanswered DELETE ends the SA");
+    assert_eq!(reauths, 0, "an SA being deleted is not reauthenticated");
+}
