@@ -647,20 +647,14 @@ fn ike_rekey_collision_tells_only_of_announced_sas() {
     }
 }
 
-/// Found by the `established` fuzz target: while our DELETE of an IKE SA
-/// awaited its answer, a child SA's rekey time (or the IKE SA's own)
-/// passed; the lifetime stayed scheduled but nothing acts on lifetimes of
-/// an SA being deleted, so `handle_timeout` spun on it for ever. Run in a
-/// thread so that a spin fails the test instead of hanging it.
-#[test]
-fn lifetimes_passing_during_our_delete_do_not_spin() {
+/// The site deletes its IKE SA and the hub stops answering: the DELETE is
+/// retransmitted for about 165 s while `site`'s timers fall due. Runs in a
+/// thread so that a spinning `handle_timeout` fails the test instead of
+/// hanging it. Returns the site's IKE SAs left, its events and how many
+/// reauthentications it started.
+fn delete_unanswered_for_600s(site: TunnelSpec) -> (usize, Vec<Event>, u64) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
-        let site = TunnelSpec {
-            child_lifetime: 60,
-            ike_lifetime: 90,
-            ..TunnelSpec::site()
-        };
         let mut p = Pair::new(
             endpoint(1, 1, &[site]),
             endpoint(2, 2, &[TunnelSpec::hub()]),
@@ -670,14 +664,26 @@ fn lifetimes_passing_during_our_delete_do_not_spin() {
         let (ha, _) = handles(&p);
         p.loss = Box::new(|_, _, _| true); // the hub stops answering
         assert!(p.a.delete_ike_sa(p.now, ha));
-        // The DELETE is retransmitted for about 165 s; the child's rekey
-        // (~55 s) and the IKE SA's (~85 s) fall due meanwhile.
         p.drive_for(Duration::from_secs(600));
-        tx.send((p.a.ike_sas().len(), p.a_events)).unwrap();
+        let reauths = p.a.counters().reauthentications;
+        tx.send((p.a.ike_sas().len(), p.a_events, reauths)).unwrap();
     });
-    let (left, events) = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("handle_timeout returns");
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("handle_timeout returns")
+}
+
+/// Found by the `established` fuzz target: while our DELETE of an IKE SA
+/// awaited its answer, a child SA's rekey time (~55 s) or the IKE SA's own
+/// (~85 s) passed; the lifetime stayed scheduled but nothing acts on
+/// lifetimes of an SA being deleted, so `handle_timeout` spun on it for
+/// ever.
+#[test]
+fn lifetimes_passing_during_our_delete_do_not_spin() {
+    let (left, events, _) = delete_unanswered_for_600s(TunnelSpec {
+        child_lifetime: 60,
+        ike_lifetime: 90,
+        ..TunnelSpec::site()
+    });
     assert_eq!(left, 0, "the unanswered DELETE ends the SA");
     assert!(events.iter().any(|e| matches!(
         e,
@@ -689,34 +695,14 @@ fn lifetimes_passing_during_our_delete_do_not_spin() {
 }
 
 /// Found by the `established` fuzz target once reauthentication ran in it:
-/// the same spin as above for the reauthentication time, which was
+/// the same spin for the reauthentication time (54–60 s), which was
 /// scheduled in every phase but acted on only while established.
 #[test]
 fn reauth_time_passing_during_our_delete_does_not_spin() {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let site = TunnelSpec {
-            reauth: Some(60),
-            ..TunnelSpec::site()
-        };
-        let mut p = Pair::new(
-            endpoint(1, 1, &[site]),
-            endpoint(2, 2, &[TunnelSpec::hub()]),
-        );
-        p.initiate();
-        p.drive_for(Duration::from_secs(1));
-        let (ha, _) = handles(&p);
-        p.loss = Box::new(|_, _, _| true); // the hub stops answering
-        assert!(p.a.delete_ike_sa(p.now, ha));
-        // The DELETE is retransmitted for about 165 s; the reauthentication
-        // (54–60 s) falls due meanwhile.
-        p.drive_for(Duration::from_secs(600));
-        tx.send((p.a.ike_sas().len(), p.a.counters().reauthentications))
-            .unwrap();
+    let (left, _, reauths) = delete_unanswered_for_600s(TunnelSpec {
+        reauth: Some(60),
+        ..TunnelSpec::site()
     });
-    let (left, reauths) = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("handle_timeout returns");
     assert_eq!(left, 0, "the unanswered DELETE ends the SA");
     assert_eq!(reauths, 0, "an SA being deleted is not reauthenticated");
 }
