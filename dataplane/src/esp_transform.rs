@@ -240,6 +240,18 @@ impl EspDataplane {
     }
 }
 
+/// The prefixes that cover exactly a selector's address range (ports and
+/// protocol aside), or `None` if that takes more than 64.
+pub fn selector_prefixes(ts: &anyhub_ike::wire::TrafficSelector) -> Option<Vec<Prefix>> {
+    crate::xfrm::child::range_to_prefixes(ts.start_addr, ts.end_addr, MAX_PREFIXES_PER_TS).map(
+        |v| {
+            v.into_iter()
+                .filter_map(|n| Prefix::new(n.addr, n.len).ok())
+                .collect()
+        },
+    )
+}
+
 /// The local tenant's routes and the tunnel table for `paths`.
 fn build_state(paths: &[TunnelPath], names: &[Arc<str>]) -> (PathState, Routes) {
     let mut routes: Vec<(Prefix, Target)> = Vec::new();
@@ -253,15 +265,7 @@ fn build_state(paths: &[TunnelPath], names: &[Arc<str>]) -> (PathState, Routes) 
             false
         }
     };
-    let prefixes = |ts: &anyhub_ike::wire::TrafficSelector| {
-        crate::xfrm::child::range_to_prefixes(ts.start_addr, ts.end_addr, MAX_PREFIXES_PER_TS).map(
-            |v| {
-                v.into_iter()
-                    .filter_map(|n| Prefix::new(n.addr, n.len).ok())
-                    .collect::<Vec<_>>()
-            },
-        )
-    };
+    let prefixes = selector_prefixes;
     for t in paths {
         for ts in &t.selectors.remote {
             match prefixes(ts) {
