@@ -298,6 +298,10 @@ pub struct HubChildSa {
     pub proposal: String,
     pub local_ts: Vec<String>,
     pub remote_ts: Vec<String>,
+    /// Inner packets the hub's dataplane decrypted / encrypted on it (0
+    /// without a dataplane).
+    pub in_packets: u64,
+    pub out_packets: u64,
 }
 
 impl HubStatus {
@@ -342,6 +346,8 @@ impl HubStatus {
                 proposal: canonical_proposal(&proposal, false).unwrap_or(format!("?{proposal}")),
                 local_ts: f.strs("local_ts")?,
                 remote_ts: f.strs("remote_ts")?,
+                in_packets: sa.get("in_packets").and_then(Value::as_u64).unwrap_or(0),
+                out_packets: sa.get("out_packets").and_then(Value::as_u64).unwrap_or(0),
             });
         }
         let counters = v
