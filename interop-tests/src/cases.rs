@@ -887,9 +887,10 @@ fn inner_addrs<'a>(base: Ipv4Addr, ts: impl Iterator<Item = &'a String>) -> Vec<
     extra
 }
 
-/// The demo's case: one tunnel, strongSwan initiating.
+/// The demo's case: one tunnel, strongSwan initiating, then pings through
+/// it both ways (anyhubd's dataplane forwarding).
 pub fn demo_case() -> Case {
-    Case::basic("demo")
+    Case::traffic("demo", Traffic::Ping)
 }
 
 /// Starts both sides, runs the flow, checks the expectation. With `show`,
@@ -1208,6 +1209,27 @@ fn drive(case: &Case, kind: HubKind, lab: &Lab, show: bool) -> Result<()> {
             (Some(_), Hub::Swan(_)) => bail!("the stand-in hub has no [dataplane]"),
             (None, _) => Ok(()),
         });
+    if show && verdict.is_ok() && case.traffic.is_some() {
+        let (src, dst) = (SITE_INNER.to_string(), HUB_INNER.to_string());
+        println!("== site (strongSwan): ping -I {src} {dst}, through the tunnel to anyhubd ==");
+        let mut ping = std::process::Command::new("ip");
+        ping.args([
+            "netns",
+            "exec",
+            &lab.site_ns,
+            "ping",
+            "-n",
+            "-c",
+            "3",
+            "-i",
+            "0.3",
+        ])
+        .args(["-I", &src, &dst]);
+        match lab::run(&mut ping, Duration::from_secs(10)) {
+            Ok(o) => println!("{}", o.text.trim_end()),
+            Err(e) => println!("({e:#})"),
+        }
+    }
     if show {
         println!("== site (strongSwan): swanctl --list-sas ==");
         match site.list_sas_text() {
