@@ -113,6 +113,10 @@ drop_reasons! {
     GreUnsupported = "gre_unsupported",
     /// A packet read from the local side (TUN) routed back to it.
     LocalLoop = "local_loop",
+    /// Outbound on a child SA without UDP encapsulation: raw ESP (IP
+    /// protocol 50) is not sent by the userspace dataplane, and ESP-in-UDP
+    /// would reach a peer that does not expect it.
+    EspNotEncapsulated = "esp_not_encapsulated",
     /// An IKE message on the shared NAT-T socket found the queue to the
     /// IKE driver full (bounded: a flood cannot grow memory).
     IkeQueueFull = "ike_queue_full",

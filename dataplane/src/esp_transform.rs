@@ -387,6 +387,16 @@ impl PacketTransform for EspTransform {
                 ..
             } => match dp.name(id) {
                 Some(name) => dp.sad.read(|snap| {
+                    if let Some(false) = snap.outbound(name).map(|sa| sa.info().encap) {
+                        let r = DropReason::EspNotEncapsulated;
+                        if let Some(sa) = snap.outbound(name) {
+                            sa.counters().drops.add(r);
+                        }
+                        if let Some(t) = snap.tunnel_counters(name) {
+                            t.drops.add(r);
+                        }
+                        return Verdict::Done;
+                    }
                     match snap.encrypt(name, buf, h..h + inner_len) {
                         Ok(sent) => Verdict::Network {
                             range: sent.esp,
@@ -541,6 +551,10 @@ fn reencrypt(
     inner: Range<usize>,
 ) -> Option<Verdict> {
     let sa = snap.outbound(tunnel)?;
+    if !sa.info().encap {
+        sa.counters().drops.add(DropReason::EspNotEncapsulated);
+        return None;
+    }
     if inner.start < sa.headroom() || buf.len() - inner.end < sa.trailer_len(inner.len()) {
         snap.tunnel_counters(tunnel)?
             .drops
@@ -880,6 +894,21 @@ mod tests {
             r.xf.inbound(SITE.parse().unwrap(), &mut d),
             Verdict::Tun(_)
         ));
+    }
+
+    #[test]
+    fn raw_esp_sas_are_not_sent_over_udp() {
+        let r = rig();
+        let mut raw = child(0x0010_0003, 0xc000_0003);
+        raw.encap = false;
+        r.hub.sad().install(Instant::now(), &raw).unwrap();
+        r.hub.refresh();
+        let pkt = udp4([10, 20, 0, 1], [10, 10, 0, 1], 40);
+        let mut b = tun_buf(&pkt);
+        assert_eq!(r.xf.outbound(&mut b, pkt.len()), Verdict::Done);
+        let (_, out) = r.hub.sad().sa_counters(0x0010_0003).unwrap();
+        assert_eq!(out.packets, 0);
+        assert_eq!(out.drops, vec![(DropReason::EspNotEncapsulated, 1)]);
     }
 
     #[test]

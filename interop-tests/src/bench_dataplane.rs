@@ -268,6 +268,69 @@ fn bench_strongswan(secs: u64) -> Result<(Result<Cell>, Result<Cell>)> {
     Ok(r)
 }
 
+/// strongSwan site (kernel-libipsec, as in the interop cases) → the real
+/// anyhubd with its `[dataplane]`: IKE-negotiated ESP-in-UDP AES-256-GCM
+/// through anyhubd's own ESP transform. The strongSwan end bounds it.
+fn bench_swan_anyhubd(secs: u64) -> Result<(Result<Cell>, Result<Cell>)> {
+    let bins = crate::anyhub::Binaries::locate()?;
+    crate::strongswan::charon_binary()?;
+    let lab = Lab::create(&[], &[], None)?;
+    let site = Charon::start(&lab.site_ns, &lab.site_dir())?;
+    let s = |v: &str| vec![v.to_string()];
+    let tunnel = crate::anyhub::Tunnel {
+        id: "bench".into(),
+        local_id: "fqdn:hub.example.net".into(),
+        remote_id: "fqdn:site.example.net".into(),
+        psk: "bench-dataplane-psk".into(),
+        ike_proposals: s("aes256gcm16-prfsha256-x25519"),
+        esp_proposals: s("aes256gcm16"),
+        local_ts: s("10.20.0.0/24"),
+        remote_ts: s("10.10.0.0/24"),
+        remote_address: None,
+        initiate: false,
+        extra: vec![],
+        pubkey: false,
+    };
+    let mut hub = crate::anyhub::Anyhubd::start(
+        &lab.hub_ns,
+        &lab.hub_dir(),
+        &bins,
+        &[tunnel],
+        &crate::traffic::hub_dataplane_lines(),
+    )?;
+    site.load(&[SwanConn {
+        name: "bench".into(),
+        child: "bench".into(),
+        local_addrs: SITE_ADDR.into(),
+        remote_addrs: HUB_ADDR.into(),
+        proposals: s("aes256gcm16-prfsha256-x25519"),
+        esp_proposals: s("aes256gcm16"),
+        local_id: "fqdn:site.example.net".into(),
+        remote_id: "fqdn:hub.example.net".into(),
+        psk: "bench-dataplane-psk".into(),
+        local_ts: s("10.10.0.0/24"),
+        remote_ts: s("10.20.0.0/24"),
+        start: true,
+        conn_extra: vec![],
+        child_extra: vec![],
+        pubkey: None,
+    }])?;
+    ping_until(
+        &lab.site_ns,
+        &["-I", "10.10.0.1", "10.20.0.1"],
+        Duration::from_secs(15),
+    )?;
+    let r = both(&lab, &lab.dir, "10.20.0.1", "10.10.0.1", secs);
+    // The traffic went through anyhubd's dataplane.
+    let st = hub.status()?;
+    let inbound: u64 = st.child_sas.iter().map(|c| c.in_packets).sum();
+    if inbound < 1000 {
+        bail!("anyhubd's SAs counted only {inbound} packets in");
+    }
+    drop((site, hub));
+    Ok(r)
+}
+
 fn bench_boringtun(secs: u64) -> Result<(Result<Cell>, Result<Cell>)> {
     let bt = find("BORINGTUN", "boringtun-cli").ok_or_else(|| {
         anyhow!("boringtun-cli not found (scripts/setup-bench.sh installs it: cargo install boringtun-cli)")
@@ -381,6 +444,7 @@ pub fn run(opts: &Options) -> Result<()> {
         run_peer("veth", || bench_veth(secs)),
         run_peer("anyhub", || bench_anyhub(secs)),
         run_peer("strongswan", || bench_strongswan(secs)),
+        run_peer("swan-anyhubd", || bench_swan_anyhubd(secs)),
         run_peer("boringtun", || bench_boringtun(secs)),
     ];
     let describe = |label: &str| match label {
@@ -388,12 +452,15 @@ pub fn run(opts: &Options) -> Result<()> {
             "anyhub I/O layer: dp-forward, AES-256-GCM TEST transform (not ESP yet), UDP 4500"
         }
         "strongswan" => "strongSwan 5.9 kernel-libipsec, ESP-in-UDP AES-256-GCM (openssl/aesni)",
+        "swan-anyhubd" => {
+            "strongSwan site -> real anyhubd [dataplane], IKE-negotiated ESP-in-UDP AES-256-GCM"
+        }
         "boringtun" => "boringtun-cli (WireGuard, ChaCha20-Poly1305)",
         _ => "bare veth",
     };
     println!();
     println!(
-        "{:<11} {:>12} {:>6} {:>12} {:>6}  what",
+        "{:<13} {:>12} {:>6} {:>12} {:>6}  what",
         "peer", "1 stream", "retr", "4 streams", "retr"
     );
     for r in &rows {
@@ -404,7 +471,7 @@ pub fn run(opts: &Options) -> Result<()> {
         let (a, ar) = cell(&r.one);
         let (b, br) = cell(&r.four);
         println!(
-            "{:<11} {:>12} {:>6} {:>12} {:>6}  {}",
+            "{:<13} {:>12} {:>6} {:>12} {:>6}  {}",
             r.label,
             a,
             ar,
@@ -413,7 +480,7 @@ pub fn run(opts: &Options) -> Result<()> {
             describe(r.label)
         );
         if let Some(e) = [&r.one, &r.four].into_iter().find_map(|c| c.as_ref().err()) {
-            println!("{:<11} error: {e:#}", "");
+            println!("{:<13} error: {e:#}", "");
         }
     }
     println!(
@@ -421,11 +488,12 @@ pub fn run(opts: &Options) -> Result<()> {
         num_cpus()
     );
     let get = |l: &str| rows.iter().find(|r| r.label == l).expect("row");
-    let (any, ss, bt, veth) = (
+    let (any, ss, bt, veth, sa) = (
         get("anyhub"),
         get("strongswan"),
         get("boringtun"),
         get("veth"),
+        get("swan-anyhubd"),
     );
     let best_peer = [&ss.one, &bt.one]
         .iter()
@@ -439,13 +507,15 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     println!("esp_overhead_vs_aead: null until the ESP micro-benchmark exists");
     println!(
-        "{{\"bench\":\"dataplane\",\"anyhub_mbps\":{},\"strongswan_mbps\":{},\"boringtun_mbps\":{},\"veth_mbps\":{},\"anyhub_mbps_4\":{},\"boringtun_mbps_4\":{},\"esp_overhead_vs_aead\":null}}",
+        "{{\"bench\":\"dataplane\",\"anyhub_mbps\":{},\"strongswan_mbps\":{},\"boringtun_mbps\":{},\"veth_mbps\":{},\"anyhub_mbps_4\":{},\"boringtun_mbps_4\":{},\"esp_overhead_vs_aead\":null,\"swan_anyhubd_mbps\":{},\"swan_anyhubd_mbps_4\":{}}}",
         json_num(&any.one),
         json_num(&ss.one),
         json_num(&bt.one),
         json_num(&veth.one),
         json_num(&any.four),
         json_num(&bt.four),
+        json_num(&sa.one),
+        json_num(&sa.four),
     );
     if any.one.is_err() {
         bail!("the anyhub tunnel could not be measured");

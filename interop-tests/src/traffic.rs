@@ -213,7 +213,7 @@ pub fn run(t: Traffic, lab: &Lab, site: &Charon, hub: &mut Anyhubd) -> Result<()
             ping_both(&lab.site_ns, &site_ip, &hub_ip, 1)?;
             let first = hub_child(&hub.status()?)?.spi_in;
             let dir = lab.hub_dir();
-            let (lab_ref, dir_ref) = (&*lab, dir.as_path());
+            let (lab_ref, dir_ref) = (lab, dir.as_path());
             let result = std::thread::scope(|s| {
                 let transfer = s.spawn(move || iperf(lab_ref, dir_ref, false, secs, "rekey"));
                 // The hub rekeys a third of the way in, the site at two
