@@ -487,6 +487,7 @@ fn dataplane_counters(d: &crate::dataplane::Running, c: &mut crate::status::Coun
         ("dp_to_local", &k.to_local),
         ("dp_tunnel_to_tunnel", &k.tunnel_to_tunnel),
         ("dp_icmp_errors", &k.icmp_errors),
+        ("dp_mss_clamped", &k.mss_clamped),
     ] {
         c.insert(name.into(), v.load(Relaxed));
     }

@@ -92,6 +92,8 @@ pub struct EspDataplaneCounters {
     /// ICMP errors sent (Fragmentation Needed / Packet Too Big / Time
     /// Exceeded).
     pub icmp_errors: AtomicU64,
+    /// TCP SYNs whose MSS option was lowered to the tunnel's clamp.
+    pub mss_clamped: AtomicU64,
     /// Drops no SA or tunnel can be blamed for, by reason (NAT keepalives,
     /// no route from the local side, full IKE queue…). ESP drops before an
     /// SA is known are in the SAD's node drops.
@@ -333,6 +335,10 @@ impl Worker {
         let sent = now.icmp_errors_sent - self.reported.icmp_errors_sent;
         if sent > 0 {
             c.icmp_errors.fetch_add(sent, Relaxed);
+        }
+        let clamped = now.mss_clamped - self.reported.mss_clamped;
+        if clamped > 0 {
+            c.mss_clamped.fetch_add(clamped, Relaxed);
         }
         self.reported = now;
     }

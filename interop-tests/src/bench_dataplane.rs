@@ -7,6 +7,9 @@
 //!   such until anyhubd's own dataplane is wired in;
 //! - **strongSwan** ↔ strongSwan, kernel-libipsec (userspace ESP-in-UDP),
 //!   AES-256-GCM, openssl/aesni plugins ahead of the software ones;
+//! - **swan-anyhubd**: a strongSwan site (kernel-libipsec) → the real
+//!   anyhubd with `[dataplane]`, IKE-negotiated ESP-in-UDP AES-256-GCM
+//!   (anyhubd's ESP transform on one end; strongSwan bounds the rate);
 //! - **boringtun** ↔ boringtun (userspace WireGuard, `boringtun-cli` +
 //!   `wg`);
 //! - the bare **veth**.

@@ -658,6 +658,9 @@ pub fn all() -> Vec<Case> {
         );
     }
     cases.push(Case::traffic("traffic-ts-enforced", Traffic::TsEnforced));
+    let mut pmtu = Case::traffic("traffic-pmtu-too-big-mss-clamped", Traffic::PathMtu);
+    pmtu.hub_ike.push(crate::traffic::WIDE_TUN.into());
+    cases.push(pmtu);
     cases.push(Case::traffic(
         "traffic-rekey-during-transfer",
         Traffic::RekeyDuringTransfer { secs: 9 },

@@ -33,7 +33,18 @@ pub enum Traffic {
     /// iperf3 site → hub for `secs` while the hub and then the site rekey
     /// the child SA: the transfer must complete.
     RekeyDuringTransfer { secs: u64 },
+    /// The hub's TUN is wider (MTU 1500) than the tunnel (inner MTU 1438
+    /// for AES-GCM in UDP over 1500): a DF packet too big for the tunnel
+    /// gets ICMP Fragmentation Needed with the tunnel's MTU, the sender's
+    /// kernel learns it, and TCP SYNs through the tunnel are MSS-clamped.
+    PathMtu,
 }
+
+/// The extra `[dataplane]` line of [`Traffic::PathMtu`].
+pub const WIDE_TUN: &str = "mtu = 1500";
+/// The inner MTU of an AES-GCM-16 ESP-in-UDP tunnel over a 1500-byte path
+/// (docs/architecture.md, "MTU and MSS from the real overhead").
+const GCM_INNER_MTU: u32 = 1438;
 
 /// The hub-side address outside every selector of the traffic cases.
 pub const OUTSIDE_TS: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 99, 0, 1);
@@ -208,6 +219,52 @@ pub fn run(t: Traffic, lab: &Lab, site: &Charon, hub: &mut Anyhubd) -> Result<()
             // Inside the selectors still works.
             ping_both(&lab.hub_ns, &hub_ip, &site_ip, 2)?;
             eprintln!("    {dropped} packets outside the selectors dropped, none encrypted");
+        }
+        Traffic::PathMtu => {
+            ping_both(&lab.hub_ns, &hub_ip, &site_ip, 1)?;
+            // First, before the hub's kernel learns the path MTU: its
+            // SYN-ACK offers MSS 1460 (TUN MTU 1500), clamped to 1438 - 40.
+            iperf(lab, &lab.hub_dir(), false, 1, "mss").context("TCP through the tunnel")?;
+            let big = (GCM_INNER_MTU + 10 - 28).to_string();
+            let mut c = ns_cmd(&lab.hub_ns, "ping");
+            c.args([
+                "-n", "-M", "do", "-s", &big, "-c", "2", "-i", "0.3", "-W", "1",
+            ]);
+            c.args(["-I", &hub_ip, &site_ip]);
+            let out = lab::run(&mut c, Duration::from_secs(10))?;
+            ensure!(
+                !out.success(),
+                "a {}-byte DF ping fit a tunnel of inner MTU {GCM_INNER_MTU}",
+                GCM_INNER_MTU + 10
+            );
+            ensure!(
+                out.text.contains(&format!("mtu = {GCM_INNER_MTU}"))
+                    || out.text.contains(&format!("mtu={GCM_INNER_MTU}")),
+                "the sender did not learn MTU {GCM_INNER_MTU}: {}",
+                one_line(&out.text)
+            );
+            // Exactly the tunnel's MTU fits.
+            let fits = (GCM_INNER_MTU - 28).to_string();
+            let mut c = ns_cmd(&lab.hub_ns, "ping");
+            c.args([
+                "-n", "-M", "do", "-s", &fits, "-c", "2", "-i", "0.3", "-W", "1",
+            ]);
+            c.args(["-I", &hub_ip, &site_ip]);
+            let out = lab::run(&mut c, Duration::from_secs(10))?;
+            ensure!(
+                out.success(),
+                "a {GCM_INNER_MTU}-byte DF ping did not pass: {}",
+                one_line(&out.text)
+            );
+            let st = hub.status()?;
+            let c = st.counters.clone().unwrap_or_default();
+            let icmp = c.get("dp_icmp_errors").copied().unwrap_or(0);
+            let clamped = c.get("dp_mss_clamped").copied().unwrap_or(0);
+            ensure!(icmp >= 1, "dp_icmp_errors = {icmp}");
+            ensure!(clamped >= 1, "dp_mss_clamped = {clamped}");
+            eprintln!(
+                "    ICMP Fragmentation Needed (mtu {GCM_INNER_MTU}) seen by the sender; {icmp} ICMP errors, {clamped} SYNs clamped"
+            );
         }
         Traffic::RekeyDuringTransfer { secs } => {
             ping_both(&lab.site_ns, &site_ip, &hub_ip, 1)?;
