@@ -209,6 +209,8 @@ struct RawIke {
     /// Largest IP datagram an IKE message may make before it is sent as
     /// fragments; default 1280 (strongSwan's).
     fragment_size: Option<i64>,
+    /// As initiator, UDP-encapsulate ESP even without a NAT.
+    force_encap: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -498,6 +500,9 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
     }
     if let Some(on) = ike.fragmentation {
         endpoint.fragmentation = on;
+    }
+    if let Some(on) = ike.force_encap {
+        endpoint.force_encap = on;
     }
     if let Some(n) = ike.fragment_size {
         endpoint.fragment_size = u16::try_from(n)
