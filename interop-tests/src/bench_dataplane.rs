@@ -531,7 +531,7 @@ pub fn run(opts: &Options) -> Result<()> {
     ];
     let describe = |label: &str| match label {
         "anyhub" => {
-            "anyhub I/O layer: dp-forward, AES-256-GCM TEST transform (not ESP yet), UDP 4500"
+            "anyhub I/O layer alone: dp-forward, AES-256-GCM TEST transform (not ESP), UDP 4500"
         }
         "strongswan" => "strongSwan 5.9 kernel-libipsec, ESP-in-UDP AES-256-GCM (openssl/aesni)",
         "anyhubd" => "anyhubd <-> anyhubd [dataplane], IKE-negotiated ESP-in-UDP AES-256-GCM",
