@@ -74,7 +74,7 @@ fn ping(ns: &str, src: &str, dst: &str, count: u32) -> Result<String> {
 
 /// Pings until one gets through (the first packets may race with the
 /// site installing its routes), then `count` that must all be answered.
-fn ping_both(ns: &str, src: &str, dst: &str, count: u32) -> Result<()> {
+pub fn ping_both(ns: &str, src: &str, dst: &str, count: u32) -> Result<()> {
     lab::eventually(Duration::from_secs(6), || ping(ns, src, dst, 1).map(|_| ()))
         .with_context(|| format!("no ping {src} -> {dst} through the tunnel"))?;
     let text = ping(ns, src, dst, count)?;
