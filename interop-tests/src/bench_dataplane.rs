@@ -344,50 +344,14 @@ fn bench_swan_anyhubd(secs: u64) -> Result<(Result<Cell>, Result<Cell>)> {
 fn bench_anyhubd(secs: u64) -> Result<(Result<Cell>, Result<Cell>)> {
     let bins = crate::anyhub::Binaries::locate()?;
     let lab = Lab::create(&[], &[], None)?;
-    let s = |v: &str| vec![v.to_string()];
-    let tunnel = crate::anyhub::Tunnel {
-        id: "bench".into(),
-        local_id: "fqdn:hub.example.net".into(),
-        remote_id: "fqdn:site.example.net".into(),
-        psk: "bench-dataplane-psk".into(),
-        ike_proposals: s("aes256gcm16-prfsha256-x25519"),
-        esp_proposals: s("aes256gcm16"),
-        local_ts: s("10.20.0.0/24"),
-        remote_ts: s("10.10.0.0/24"),
-        remote_address: None,
-        initiate: false,
-        extra: vec![],
-        pubkey: false,
-    };
     let mut hub = crate::anyhub::Anyhubd::start(
         &lab.hub_ns,
         &lab.hub_dir(),
         &bins,
-        &[tunnel],
+        &[crate::pairs::hub_tunnel("aes256gcm16")],
         &crate::traffic::hub_dataplane_lines(),
     )?;
-    let dir = lab.site_dir();
-    let config = dir.join("anyhubd.toml");
-    fs::write(
-        &config,
-        format!(
-            "[node]\nindex = 2\nname = \"bench-site\"\n\n\
-             [ike]\nlisten = [\"{SITE_ADDR}\"]\nstatus_socket = \"{}\"\nforce_encap = true\n\n\
-             [dataplane]\ntun = \"ahtun0\"\n\n\
-             [[tunnel]]\nid = \"bench\"\nlocal_id = \"fqdn:site.example.net\"\n\
-             remote_id = \"fqdn:hub.example.net\"\npsk = \"bench-dataplane-psk\"\n\
-             ike_proposals = [\"aes256gcm16-prfsha256-x25519\"]\nesp_proposals = [\"aes256gcm16\"]\n\
-             local_ts = [\"10.10.0.0/24\"]\nremote_ts = [\"10.20.0.0/24\"]\n\
-             remote_address = \"{HUB_ADDR}\"\ninitiate = true\n",
-            dir.join("anyhubd.sock").display()
-        ),
-    )?;
-    let mut c = ns_cmd(
-        &lab.site_ns,
-        bins.anyhubd.to_str().ok_or_else(|| anyhow!("path"))?,
-    );
-    c.arg("--config").arg(&config).args(["--log-level", "info"]);
-    let mut site = Proc::spawn("anyhubd (site)", c, &dir.join("anyhubd.log"))?;
+    let mut site = crate::pairs::start_site(&lab, &bins, "aes256gcm16")?;
     let up = ping_until(
         &lab.site_ns,
         &["-I", "10.10.0.1", "10.20.0.1"],
