@@ -42,9 +42,10 @@ demo: build
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make demo needs root (network namespaces): sudo make demo"; exit 1; fi
 	$(TARGET)/interop demo
 
-# Throughput between two namespaces over a veth, in one run: anyhub (for
-# now dp-forward, the I/O layer with an AES-GCM test transform), strongSwan
-# (kernel-libipsec), boringtun, the bare veth; iperf3 with 1 and 4 streams.
+# Throughput between two namespaces over a veth, in one run: anyhub
+# (dp-forward, the I/O layer with an AES-GCM test transform), strongSwan
+# (kernel-libipsec), a strongSwan site to the real anyhubd ([dataplane]),
+# boringtun, the bare veth; iperf3 with 1 and 4 streams.
 # Builds and runs under the machine lock (do not wrap make in flock).
 # BENCH_SECONDS per iperf3 run (default 5). See docs/benchmarks.md.
 LOCK ?= /tmp/anyhub-heavy.lock
@@ -52,7 +53,7 @@ BENCH_SECONDS ?= 5
 bench-dataplane: setup
 	@if [ "$$(id -u)" -ne 0 ]; then echo "make bench-dataplane needs root (network namespaces)"; exit 1; fi
 	@scripts/setup-bench.sh
-	flock $(LOCK) $(CARGO) build --release -p anyhub-dataplane --bin dp-forward -p anyhub-interop-tests --bin interop
+	flock $(LOCK) $(CARGO) build --release -p anyhub-dataplane --bin dp-forward -p anyhub-control --bins -p anyhub-interop-tests --bin interop
 	flock $(LOCK) target/release/interop bench-dataplane --seconds $(BENCH_SECONDS)
 
 # Runs each fuzz target for FUZZ_SECONDS (default 60) with cargo-fuzz.

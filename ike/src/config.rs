@@ -137,6 +137,13 @@ pub struct EndpointConfig {
     pub natt_port: u16,
     /// For certificate validity.
     pub wall_clock: WallClock,
+    /// As initiator, pretend to be behind a NAT so the SA floats to the
+    /// NAT-T port and ESP is UDP-encapsulated even without a NAT
+    /// (strongSwan's `encap = yes`): our NAT_DETECTION_SOURCE_IP carries
+    /// a hash of no address of ours (RFC 7296 §2.23 allows hiding it).
+    /// Needed where only ESP-in-UDP can be carried (the userspace
+    /// dataplane).
+    pub force_encap: bool,
 }
 
 impl EndpointConfig {
@@ -155,6 +162,7 @@ impl EndpointConfig {
             cookie_threshold_ip: 8,
             half_open_per_ip: 64,
             wall_clock: WallClock::System,
+            force_encap: false,
         }
     }
 

@@ -1622,10 +1622,11 @@ impl Endpoint {
             && !nat_src
                 .iter()
                 .any(|d| d[..] == nat_detection_hash(sa.spi_i, sa.spi_r, sa.remote));
-        sa.nat_local = !nat_dst.is_empty()
-            && !nat_dst
-                .iter()
-                .any(|d| d[..] == nat_detection_hash(sa.spi_i, sa.spi_r, sa.local));
+        sa.nat_local = (self.config.force_encap && !nat_dst.is_empty())
+            || !nat_dst.is_empty()
+                && !nat_dst
+                    .iter()
+                    .any(|d| d[..] == nat_detection_hash(sa.spi_i, sa.spi_r, sa.local));
         if (sa.nat_local || sa.nat_remote) && sa.local.port() != self.config.natt_port {
             // Float to the NAT-T ports for IKE_AUTH on (§2.23, RFC 3948).
             sa.local.set_port(self.config.natt_port);
@@ -1890,9 +1891,16 @@ impl Endpoint {
                 vec![],
             )));
         }
+        // With force_encap, the hash of an address that is not ours (the
+        // unspecified one): the responder sees a NAT in front of us.
+        let natd_src = if self.config.force_encap {
+            SocketAddr::new(std::net::Ipv4Addr::UNSPECIFIED.into(), 0)
+        } else {
+            sa.local
+        };
         payloads.push(Payload::Notify(notify(
             NotifyType::NAT_DETECTION_SOURCE_IP,
-            nat_detection_hash(sa.spi_i, 0, sa.local).to_vec(),
+            nat_detection_hash(sa.spi_i, 0, natd_src).to_vec(),
         )));
         payloads.push(Payload::Notify(notify(
             NotifyType::NAT_DETECTION_DESTINATION_IP,

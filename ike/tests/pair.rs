@@ -486,6 +486,37 @@ fn nat_in_front_of_the_initiator_floats_to_4500() {
     assert_eq!(p.b.ike_sas()[0].remote, addr(NAT_IP, 14500));
 }
 
+/// strongSwan's `encap = yes`: the initiator hides its address in NAT-D,
+/// both sides then think there is a NAT, float to 4500 and encapsulate.
+#[test]
+fn forced_encapsulation_floats_without_a_nat() {
+    let mut p = Pair::new(
+        endpoint_with(1, 11, &[TunnelSpec::site()], |c| c.force_encap = true),
+        endpoint(2, 22, &[TunnelSpec::hub()]),
+    );
+    p.initiate();
+    p.drive();
+    assert!(p.established());
+    let (a, b) = p.assert_child_agrees();
+    assert!(a.encap && b.encap, "ESP in UDP although there is no NAT");
+    let a_ports: Vec<u16> = p
+        .sent
+        .iter()
+        .filter(|(s, t)| *s == Side::A && t.payload != [0xff])
+        .map(|(_, t)| t.local.port())
+        .collect();
+    assert_eq!(
+        a_ports,
+        vec![500, 4500],
+        "IKE_AUTH floated to the NAT-T port"
+    );
+    assert_eq!(
+        p.b.ike_sas()[0].remote,
+        addr(A_IP, 4500),
+        "no NAT: the real address"
+    );
+}
+
 #[test]
 fn no_nat_stays_on_500() {
     let mut p = Pair::standard();

@@ -7,6 +7,12 @@
 //!   such until anyhubd's own dataplane is wired in;
 //! - **strongSwan** ↔ strongSwan, kernel-libipsec (userspace ESP-in-UDP),
 //!   AES-256-GCM, openssl/aesni plugins ahead of the software ones;
+//! - **anyhubd** ↔ anyhubd: both with `[dataplane]`, the site initiating
+//!   with `force_encap` (ESP-in-UDP without a NAT), AES-256-GCM: the real
+//!   daemon's ESP on both ends;
+//! - **swan-anyhubd**: a strongSwan site (kernel-libipsec) → the real
+//!   anyhubd with `[dataplane]`, IKE-negotiated ESP-in-UDP AES-256-GCM
+//!   (anyhubd's ESP transform on one end; strongSwan bounds the rate);
 //! - **boringtun** ↔ boringtun (userspace WireGuard, `boringtun-cli` +
 //!   `wg`);
 //! - the bare **veth**.
@@ -268,6 +274,110 @@ fn bench_strongswan(secs: u64) -> Result<(Result<Cell>, Result<Cell>)> {
     Ok(r)
 }
 
+/// strongSwan site (kernel-libipsec, as in the interop cases) → the real
+/// anyhubd with its `[dataplane]`: IKE-negotiated ESP-in-UDP AES-256-GCM
+/// through anyhubd's own ESP transform. The strongSwan end bounds it.
+fn bench_swan_anyhubd(secs: u64) -> Result<(Result<Cell>, Result<Cell>)> {
+    let bins = crate::anyhub::Binaries::locate()?;
+    crate::strongswan::charon_binary()?;
+    let lab = Lab::create(&[], &[], None)?;
+    let site = Charon::start(&lab.site_ns, &lab.site_dir())?;
+    let s = |v: &str| vec![v.to_string()];
+    let tunnel = crate::anyhub::Tunnel {
+        id: "bench".into(),
+        local_id: "fqdn:hub.example.net".into(),
+        remote_id: "fqdn:site.example.net".into(),
+        psk: "bench-dataplane-psk".into(),
+        ike_proposals: s("aes256gcm16-prfsha256-x25519"),
+        esp_proposals: s("aes256gcm16"),
+        local_ts: s("10.20.0.0/24"),
+        remote_ts: s("10.10.0.0/24"),
+        remote_address: None,
+        initiate: false,
+        extra: vec![],
+        pubkey: false,
+    };
+    let mut hub = crate::anyhub::Anyhubd::start(
+        lab.hub_addr(),
+        &lab.hub_ns,
+        &lab.hub_dir(),
+        &bins,
+        &[tunnel],
+        &crate::traffic::hub_dataplane_lines(),
+    )?;
+    site.load(&[SwanConn {
+        name: "bench".into(),
+        child: "bench".into(),
+        local_addrs: SITE_ADDR.into(),
+        remote_addrs: HUB_ADDR.into(),
+        proposals: s("aes256gcm16-prfsha256-x25519"),
+        esp_proposals: s("aes256gcm16"),
+        local_id: "fqdn:site.example.net".into(),
+        remote_id: "fqdn:hub.example.net".into(),
+        psk: "bench-dataplane-psk".into(),
+        local_ts: s("10.10.0.0/24"),
+        remote_ts: s("10.20.0.0/24"),
+        start: true,
+        conn_extra: vec![],
+        child_extra: vec![],
+        pubkey: None,
+    }])?;
+    ping_until(
+        &lab.site_ns,
+        &["-I", "10.10.0.1", "10.20.0.1"],
+        Duration::from_secs(15),
+    )?;
+    let r = both(&lab, &lab.dir, "10.20.0.1", "10.10.0.1", secs);
+    // The traffic went through anyhubd's dataplane.
+    let st = hub.status()?;
+    let inbound: u64 = st.child_sas.iter().map(|c| c.in_packets).sum();
+    if inbound < 1000 {
+        bail!("anyhubd's SAs counted only {inbound} packets in");
+    }
+    drop((site, hub));
+    Ok(r)
+}
+
+/// anyhubd ↔ anyhubd: the site anyhubd initiates (`force_encap`, so ESP
+/// goes in UDP without a NAT) to the hub anyhubd; both run `[dataplane]`;
+/// IKE-negotiated ESP-in-UDP AES-256-GCM through anyhub's ESP transform
+/// on both ends.
+fn bench_anyhubd(secs: u64) -> Result<(Result<Cell>, Result<Cell>)> {
+    let bins = crate::anyhub::Binaries::locate()?;
+    let lab = Lab::create(&[], &[], None)?;
+    let mut hub = crate::anyhub::Anyhubd::start(
+        lab.hub_addr(),
+        &lab.hub_ns,
+        &lab.hub_dir(),
+        &bins,
+        &[crate::pairs::hub_tunnel("aes256gcm16")],
+        &crate::traffic::hub_dataplane_lines(),
+    )?;
+    let mut site = crate::pairs::start_site(&lab, &bins, "aes256gcm16")?;
+    let up = ping_until(
+        &lab.site_ns,
+        &["-I", "10.10.0.1", "10.20.0.1"],
+        Duration::from_secs(15),
+    );
+    if let Err(e) = up {
+        bail!(
+            "{e:#}: site log: {}",
+            lab::tail(&site.log, 5).replace('\n', " | ")
+        );
+    }
+    let r = both(&lab, &lab.dir, "10.20.0.1", "10.10.0.1", secs);
+    let st = hub.status()?;
+    let inbound: u64 = st.child_sas.iter().map(|c| c.in_packets).sum();
+    if inbound < 1000 {
+        bail!("the hub anyhubd's SAs counted only {inbound} packets in");
+    }
+    if site.exited().is_some() {
+        bail!("the site anyhubd died: {}", lab::tail(&site.log, 5));
+    }
+    drop((site, hub));
+    Ok(r)
+}
+
 fn bench_boringtun(secs: u64) -> Result<(Result<Cell>, Result<Cell>)> {
     let bt = find("BORINGTUN", "boringtun-cli").ok_or_else(|| {
         anyhow!("boringtun-cli not found (scripts/setup-bench.sh installs it: cargo install boringtun-cli)")
@@ -381,19 +491,25 @@ pub fn run(opts: &Options) -> Result<()> {
         run_peer("veth", || bench_veth(secs)),
         run_peer("anyhub", || bench_anyhub(secs)),
         run_peer("strongswan", || bench_strongswan(secs)),
+        run_peer("swan-anyhubd", || bench_swan_anyhubd(secs)),
+        run_peer("anyhubd", || bench_anyhubd(secs)),
         run_peer("boringtun", || bench_boringtun(secs)),
     ];
     let describe = |label: &str| match label {
         "anyhub" => {
-            "anyhub I/O layer: dp-forward, AES-256-GCM TEST transform (not ESP yet), UDP 4500"
+            "anyhub I/O layer alone: dp-forward, AES-256-GCM TEST transform (not ESP), UDP 4500"
         }
         "strongswan" => "strongSwan 5.9 kernel-libipsec, ESP-in-UDP AES-256-GCM (openssl/aesni)",
+        "anyhubd" => "anyhubd <-> anyhubd [dataplane], IKE-negotiated ESP-in-UDP AES-256-GCM",
+        "swan-anyhubd" => {
+            "strongSwan site -> real anyhubd [dataplane], IKE-negotiated ESP-in-UDP AES-256-GCM"
+        }
         "boringtun" => "boringtun-cli (WireGuard, ChaCha20-Poly1305)",
         _ => "bare veth",
     };
     println!();
     println!(
-        "{:<11} {:>12} {:>6} {:>12} {:>6}  what",
+        "{:<13} {:>12} {:>6} {:>12} {:>6}  what",
         "peer", "1 stream", "retr", "4 streams", "retr"
     );
     for r in &rows {
@@ -404,7 +520,7 @@ pub fn run(opts: &Options) -> Result<()> {
         let (a, ar) = cell(&r.one);
         let (b, br) = cell(&r.four);
         println!(
-            "{:<11} {:>12} {:>6} {:>12} {:>6}  {}",
+            "{:<13} {:>12} {:>6} {:>12} {:>6}  {}",
             r.label,
             a,
             ar,
@@ -413,7 +529,7 @@ pub fn run(opts: &Options) -> Result<()> {
             describe(r.label)
         );
         if let Some(e) = [&r.one, &r.four].into_iter().find_map(|c| c.as_ref().err()) {
-            println!("{:<11} error: {e:#}", "");
+            println!("{:<13} error: {e:#}", "");
         }
     }
     println!(
@@ -421,31 +537,43 @@ pub fn run(opts: &Options) -> Result<()> {
         num_cpus()
     );
     let get = |l: &str| rows.iter().find(|r| r.label == l).expect("row");
-    let (any, ss, bt, veth) = (
+    let real = get("anyhubd");
+    let (any, ss, bt, veth, sa) = (
         get("anyhub"),
         get("strongswan"),
         get("boringtun"),
         get("veth"),
+        get("swan-anyhubd"),
     );
     let best_peer = [&ss.one, &bt.one]
         .iter()
         .filter_map(|c| c.as_ref().ok().map(|c| c.mbps))
         .fold(None, |m: Option<f64>, x| Some(m.map_or(x, |m| m.max(x))));
+    if let (Ok(a), Some(p)) = (&real.one, best_peer) {
+        println!(
+            "anyhubd <-> anyhubd single stream = {:.1}x the better of strongSwan and boringtun (goal: 10x)",
+            a.mbps / p
+        );
+    }
     if let (Ok(a), Some(p)) = (&any.one, best_peer) {
         println!(
-            "anyhub single stream = {:.1}x the better of strongSwan and boringtun (goal: 10x)",
+            "dp-forward (test transform) single stream = {:.1}x the better of strongSwan and boringtun",
             a.mbps / p
         );
     }
     println!("esp_overhead_vs_aead: null until the ESP micro-benchmark exists");
     println!(
-        "{{\"bench\":\"dataplane\",\"anyhub_mbps\":{},\"strongswan_mbps\":{},\"boringtun_mbps\":{},\"veth_mbps\":{},\"anyhub_mbps_4\":{},\"boringtun_mbps_4\":{},\"esp_overhead_vs_aead\":null}}",
+        "{{\"bench\":\"dataplane\",\"anyhub_mbps\":{},\"strongswan_mbps\":{},\"boringtun_mbps\":{},\"veth_mbps\":{},\"anyhub_mbps_4\":{},\"boringtun_mbps_4\":{},\"esp_overhead_vs_aead\":null,\"swan_anyhubd_mbps\":{},\"swan_anyhubd_mbps_4\":{},\"anyhubd_mbps\":{},\"anyhubd_mbps_4\":{}}}",
         json_num(&any.one),
         json_num(&ss.one),
         json_num(&bt.one),
         json_num(&veth.one),
         json_num(&any.four),
         json_num(&bt.four),
+        json_num(&sa.one),
+        json_num(&sa.four),
+        json_num(&real.one),
+        json_num(&real.four),
     );
     if any.one.is_err() {
         bail!("the anyhub tunnel could not be measured");

@@ -27,9 +27,11 @@ mod bench_ike;
 mod cases;
 mod flood;
 mod lab;
+mod pairs;
 mod pki;
 mod strongswan;
 mod sys;
+mod traffic;
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};
@@ -204,15 +206,20 @@ fn run_one(case: &Case, kind: HubKind, keep: Option<&std::path::Path>, show: boo
 }
 
 fn run_suite(args: &Args, kind: HubKind) -> ExitCode {
+    let matches = |name: &str| {
+        args.filter
+            .as_ref()
+            .is_none_or(|f| name.contains(f.as_str()))
+    };
     let selected: Vec<Case> = cases::all()
         .into_iter()
-        .filter(|c| {
-            args.filter
-                .as_ref()
-                .is_none_or(|f| c.name.contains(f.as_str()))
-        })
+        .filter(|c| matches(&c.name))
         .collect();
-    if selected.is_empty() {
+    let pair_cases: Vec<pairs::PairCase> = pairs::all()
+        .into_iter()
+        .filter(|c| matches(&c.name))
+        .collect();
+    if selected.is_empty() && pair_cases.is_empty() {
         eprintln!(
             "interop: no case matches --filter {:?}",
             args.filter.as_deref().unwrap_or("")
@@ -228,6 +235,20 @@ fn run_suite(args: &Args, kind: HubKind) -> ExitCode {
             continue;
         }
         let outcome = run_one(case, kind, args.keep_logs.as_deref(), false);
+        print_outcome(&case.name, &outcome);
+        if outcome.failure.is_some() {
+            failed += 1;
+        } else {
+            passed += 1;
+        }
+    }
+    for case in &pair_cases {
+        let HubKind::Anyhub(bins) = kind else {
+            println!("SKIP {}: anyhubd only (anyhubd on both ends)", case.name);
+            skipped += 1;
+            continue;
+        };
+        let outcome = pairs::run(case, bins, args.keep_logs.as_deref());
         print_outcome(&case.name, &outcome);
         if outcome.failure.is_some() {
             failed += 1;
@@ -265,6 +286,9 @@ fn main() -> ExitCode {
     };
     if args.cmd == Cmd::List {
         for c in cases::all() {
+            println!("{}", c.name);
+        }
+        for c in pairs::all() {
             println!("{}", c.name);
         }
         return ExitCode::SUCCESS;
