@@ -83,7 +83,37 @@ pub struct DaemonConfig {
     /// Every tunnel with a `remote_address` this node can initiate to (for
     /// `anyhubctl initiate`), in file order.
     pub targets: Vec<Initiation>,
+    /// The userspace ESP dataplane (`[dataplane]`); absent: ESP arriving
+    /// on the NAT-T port is counted (`rx_esp`) and dropped.
+    pub dataplane: Option<DataplaneConfig>,
 }
+
+/// `[dataplane]`: the node's local side (a TUN device) and its workers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DataplaneConfig {
+    /// TUN device name (created if missing, at most 15 bytes).
+    pub tun: String,
+    /// Addresses put on the TUN (`addr/len`), optional.
+    pub addresses: Vec<(IpAddr, u8)>,
+    /// The TUN's MTU.
+    pub mtu: u32,
+    /// The outer path MTU the tunnels' inner MTU and MSS clamp follow.
+    pub path_mtu: u32,
+    /// Worker queues (TUN queues × 2 threads).
+    pub queues: usize,
+    /// Routes for every tunnel's remote_ts (as configured) via the TUN in
+    /// the node's kernel.
+    pub kernel_routes: bool,
+    /// TUN offloads (vnet header, TSO/USO) and UDP GSO/GRO.
+    pub offload: bool,
+    /// Anti-replay window of every inbound SA (power of two, 64..=65536).
+    pub replay_window: u32,
+}
+
+/// `[dataplane] mtu` when absent.
+pub const DEFAULT_TUN_MTU: u32 = 1400;
+/// `[dataplane] path_mtu` when absent.
+pub const DEFAULT_PATH_MTU: u32 = 1500;
 
 /// A tunnel this node initiates: from where to where IKE_SA_INIT goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,6 +213,19 @@ struct RawIke {
     /// Behind a NAT, a NAT keepalive (RFC 3948 §2.3) this often; default
     /// 20 s (strongSwan's `keep_alive`), `"off"` or 0 switches them off.
     nat_keepalive: Option<toml::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDataplane {
+    tun: String,
+    addresses: Option<Vec<String>>,
+    mtu: Option<i64>,
+    path_mtu: Option<i64>,
+    queues: Option<i64>,
+    kernel_routes: Option<bool>,
+    offload: Option<bool>,
+    replay_window: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -301,10 +344,10 @@ fn section<T: serde::de::DeserializeOwned>(path: &str, value: toml::Value) -> Re
 
 fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
     for key in table.keys() {
-        if !matches!(key.as_str(), "node" | "ike" | "tunnel") {
+        if !matches!(key.as_str(), "node" | "ike" | "tunnel" | "dataplane") {
             return Err(FieldError::new(
                 key,
-                "unknown section, expected one of [node], [ike], [[tunnel]]",
+                "unknown section, expected one of [node], [ike], [[tunnel]], [dataplane]",
             ));
         }
     }
@@ -317,6 +360,16 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
         Some(v @ toml::Value::Table(_)) => section("ike", v)?,
         Some(_) => return Err(FieldError::new("ike", "must be a table ([ike])")),
         None => return Err(FieldError::new("ike", "missing section [ike]")),
+    };
+    let raw_dataplane: Option<RawDataplane> = match table.remove("dataplane") {
+        Some(v @ toml::Value::Table(_)) => Some(section("dataplane", v)?),
+        Some(_) => {
+            return Err(FieldError::new(
+                "dataplane",
+                "must be a table ([dataplane])",
+            ))
+        }
+        None => None,
     };
     let raw_tunnels = match table.remove("tunnel") {
         Some(toml::Value::Array(a)) => a,
@@ -486,7 +539,12 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
                 FieldError::new("ike.retransmit_tries", format!("must be 1..=20, got {n}"))
             })?;
     }
+    let dataplane = match raw_dataplane {
+        Some(d) => Some(dataplane(d, &listen)?),
+        None => None,
+    };
     Ok(DaemonConfig {
+        dataplane,
         node_name: node.name,
         node_index,
         listen,
@@ -497,6 +555,76 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
         initiate,
         targets,
     })
+}
+
+fn dataplane(d: RawDataplane, listen: &[IpAddr]) -> Result<DataplaneConfig> {
+    if d.tun.is_empty() || d.tun.len() > 15 || d.tun.contains(['/', ' ', '%']) {
+        return Err(FieldError::new(
+            "dataplane.tun",
+            format!(
+                "'{}' is not a device name (1..=15 bytes, no '/', ' ' or '%')",
+                shorten(&d.tun)
+            ),
+        ));
+    }
+    // One NAT-T socket carries the dataplane: its workers read it and
+    // send from it, so ESP leaves from the address the peer talks to.
+    if listen.len() != 1 {
+        return Err(FieldError::new(
+            "dataplane",
+            format!(
+                "needs exactly one ike.listen address (has {}): the dataplane serves that address's NAT-T socket",
+                listen.len()
+            ),
+        ));
+    }
+    let mut addresses = Vec::new();
+    for (i, a) in d.addresses.unwrap_or_default().iter().enumerate() {
+        let field = format!("dataplane.addresses[{i}]");
+        let bad = || FieldError::new(&field, format!("'{}' is not addr/len", shorten(a)));
+        let (ip, len) = a.split_once('/').ok_or_else(bad)?;
+        let ip: IpAddr = ip.trim().parse().map_err(|_| bad())?;
+        let len: u8 = len.trim().parse().map_err(|_| bad())?;
+        if len > if ip.is_ipv4() { 32 } else { 128 } {
+            return Err(bad());
+        }
+        addresses.push((ip, len));
+    }
+    let int = |field: &str, v: Option<i64>, default: i64, lo: i64, hi: i64| -> Result<i64> {
+        match v {
+            None => Ok(default),
+            Some(n) if (lo..=hi).contains(&n) => Ok(n),
+            Some(n) => Err(FieldError::new(
+                format!("dataplane.{field}"),
+                format!("must be {lo}..={hi}, got {n}"),
+            )),
+        }
+    };
+    let mtu = int("mtu", d.mtu, DEFAULT_TUN_MTU.into(), 576, 65_535)? as u32;
+    let path_mtu = int("path_mtu", d.path_mtu, DEFAULT_PATH_MTU.into(), 576, 65_535)? as u32;
+    let queues = int("queues", d.queues, 1, 1, 16)? as usize;
+    let replay_window = int("replay_window", d.replay_window, 1024, 64, 65_536)? as u32;
+    if !replay_window.is_power_of_two() {
+        return Err(FieldError::new(
+            "dataplane.replay_window",
+            format!("must be a power of two, got {replay_window}"),
+        ));
+    }
+    Ok(DataplaneConfig {
+        tun: d.tun,
+        addresses,
+        mtu,
+        path_mtu,
+        queues,
+        kernel_routes: d.kernel_routes.unwrap_or(true),
+        offload: d.offload.unwrap_or(true),
+        replay_window,
+    })
+}
+
+/// A user-supplied string as shown in an error: at most 32 characters.
+fn shorten(s: &str) -> String {
+    s.chars().take(32).collect()
 }
 
 fn parse_listen(raw: &[String]) -> Result<Vec<IpAddr>> {
@@ -1027,6 +1155,58 @@ remote_ts = ["10.10.0.0/24"]
             out.push(line.to_string());
         }
         out.join("\n") + "\n"
+    }
+
+    #[test]
+    fn dataplane_section() {
+        let with = |lines: &str| format!("{MINIMAL}\n[dataplane]\n{lines}\n");
+        assert_eq!(ok(MINIMAL).dataplane, None);
+        let d = ok(&with("tun = \"anyhub0\"")).dataplane.unwrap();
+        assert_eq!(
+            d,
+            DataplaneConfig {
+                tun: "anyhub0".into(),
+                addresses: vec![],
+                mtu: DEFAULT_TUN_MTU,
+                path_mtu: DEFAULT_PATH_MTU,
+                queues: 1,
+                kernel_routes: true,
+                offload: true,
+                replay_window: 1024,
+            }
+        );
+        let d = ok(&with(
+            "tun = \"t1\"\naddresses = [\"10.20.0.1/24\", \"fd00::1/64\"]\nmtu = 1380\n\
+             path_mtu = 9000\nqueues = 2\nkernel_routes = false\noffload = false\nreplay_window = 4096",
+        ))
+        .dataplane
+        .unwrap();
+        assert_eq!(d.addresses.len(), 2);
+        assert_eq!((d.mtu, d.path_mtu, d.queues), (1380, 9000, 2));
+        assert!(!d.kernel_routes && !d.offload);
+        err(&with(""), "dataplane");
+        err(&with("tun = \"a-name-far-too-long\""), "dataplane.tun");
+        err(
+            &with("tun = \"t\"\naddresses = [\"10.0.0.1\"]"),
+            "dataplane.addresses[0]",
+        );
+        err(
+            &with("tun = \"t\"\naddresses = [\"10.0.0.1/33\"]"),
+            "dataplane.addresses[0]",
+        );
+        err(&with("tun = \"t\"\nqueues = 0"), "dataplane.queues");
+        err(&with("tun = \"t\"\nmtu = 100"), "dataplane.mtu");
+        err(
+            &with("tun = \"t\"\nreplay_window = 1000"),
+            "dataplane.replay_window",
+        );
+        err(&with("tun = \"t\"\nspeed = 9"), "dataplane");
+        let two = MINIMAL.replace(
+            "listen = [\"198.51.100.1\"]",
+            "listen = [\"198.51.100.1\", \"198.51.100.9\"]",
+        );
+        assert_ne!(two, MINIMAL);
+        err(&format!("{two}\n[dataplane]\ntun = \"t\"\n"), "dataplane");
     }
 
     #[test]

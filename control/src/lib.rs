@@ -4,11 +4,14 @@
 //! - [`config`]: the TOML file → a validated [`config::DaemonConfig`].
 //! - [`node`]: the driver around the sans-IO IKE [`anyhub_ike::Endpoint`]:
 //!   UDP sockets, the timer, signals, the status socket.
+//! - [`dataplane`]: `[dataplane]`: the TUN, its routes and the ESP workers
+//!   that own the NAT-T socket.
 //! - [`status`]: the status JSON, shared by the daemon and anyhubctl.
 
 #![deny(unsafe_code)]
 
 pub mod config;
+pub mod dataplane;
 pub mod node;
 pub mod status;
 

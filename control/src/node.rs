@@ -52,6 +52,8 @@ pub enum NodeError {
     Bind { addr: SocketAddr, error: io::Error },
     #[error("status socket {}: {message}", path.display())]
     StatusSocket { path: PathBuf, message: String },
+    #[error("dataplane: {0}")]
+    Dataplane(String),
     #[error("cannot install the {signal} handler: {error}")]
     Signal {
         signal: &'static str,
@@ -74,6 +76,8 @@ struct Socket {
     local: SocketAddr,
     /// Bound to the NAT-T port: datagrams carry a marker or are ESP.
     natt: bool,
+    /// Read by the dataplane workers (which pass IKE on): only sent on.
+    dataplane: bool,
 }
 
 /// A status client's request, answered by the loop with the JSON to send.
@@ -92,23 +96,38 @@ struct Node {
     send_buf: Vec<u8>,
     /// Where `anyhubctl initiate` starts each tunnel that has a remote.
     targets: Vec<Initiation>,
+    /// The ESP dataplane, when `[dataplane]` is configured.
+    dataplane: Option<crate::dataplane::Running>,
 }
 
 async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
     let mut sockets = Vec::with_capacity(config.listen.len() * 2);
+    // The NAT-T socket the dataplane serves (config: one listen address).
+    let mut dp_socket: Option<(std::net::UdpSocket, SocketAddr)> = None;
     for &ip in &config.listen {
         for (port, natt) in [(config.port, false), (config.natt_port, true)] {
             let addr = SocketAddr::new(ip, port);
-            let socket = UdpSocket::bind(addr)
-                .await
-                .map_err(|error| NodeError::Bind { addr, error })?;
-            let local = socket
-                .local_addr()
-                .map_err(|error| NodeError::Bind { addr, error })?;
+            let bind_err = |error| NodeError::Bind { addr, error };
+            let dataplane = natt && config.dataplane.is_some();
+            let socket = if dataplane {
+                // A std socket: the workers get duplicates of it, the
+                // loop one for sending (see dataplane.rs).
+                let std = std::net::UdpSocket::bind(addr).map_err(bind_err)?;
+                std.set_nonblocking(true).map_err(bind_err)?;
+                let ours =
+                    UdpSocket::from_std(std.try_clone().map_err(bind_err)?).map_err(bind_err)?;
+                let local = std.local_addr().map_err(bind_err)?;
+                dp_socket = Some((std, local));
+                ours
+            } else {
+                UdpSocket::bind(addr).await.map_err(bind_err)?
+            };
+            let local = socket.local_addr().map_err(bind_err)?;
             sockets.push(Socket {
                 socket,
                 local,
                 natt,
+                dataplane,
             });
         }
     }
@@ -118,15 +137,48 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
     let status = StatusSocket::bind(&config.status_socket)?;
 
     let rng = Box::new(anyhub_crypto::SystemRng);
+    let mut sad_config = SadConfig::new(config.node_index);
+    if let Some(d) = &config.dataplane {
+        sad_config.replay_window = d.replay_window;
+    }
+    let sadb = std::sync::Arc::new(Sad::new(sad_config));
+    let (ike_tx, ike_rx) = mpsc::channel(crate::dataplane::IKE_QUEUE);
+    let mut ike_rx = Some(ike_rx);
+    let dataplane = match (&config.dataplane, dp_socket) {
+        (Some(d), Some((sock, local))) => {
+            let running = crate::dataplane::start(
+                d,
+                sadb.clone(),
+                &config.endpoint.tunnels,
+                &sock,
+                local,
+                ike_tx,
+            )
+            .map_err(NodeError::Dataplane)?;
+            tracing::info!(
+                tun = %running.tun,
+                natt = %local,
+                queues = d.queues,
+                routes = %running.routes.join(","),
+                "dataplane running"
+            );
+            Some(running)
+        }
+        _ => {
+            ike_rx = None;
+            None
+        }
+    };
     let mut node = Node {
         name: config.node_name,
         index: config.node_index,
         endpoint: Endpoint::new(config.endpoint, rng),
-        sadb: std::sync::Arc::new(Sad::new(SadConfig::new(config.node_index))),
+        sadb,
         sockets,
         counters: DriverCounters::default(),
         send_buf: Vec::with_capacity(RECV_BUF_LEN),
         targets: config.targets.clone(),
+        dataplane,
     };
     tracing::info!(
         node = %node.name,
@@ -157,6 +209,14 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
                     Err(e) => tracing::debug!(local = %node.sockets[i].local, error = %e, "UDP receive failed"),
                 }
             }
+            Some((local, from, message)) = async {
+                match &mut ike_rx {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                node.endpoint.handle(Instant::now(), local, from, &message);
+            }
             () = tokio::time::sleep_until(wake), if deadline.is_some() => {
                 node.endpoint.handle_timeout(Instant::now());
             }
@@ -183,6 +243,8 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
         node.drive_output().await;
     }
     drop(status);
+    // Stops the workers; the TUN goes with its last fd.
+    drop(node.dataplane.take());
     Ok(())
 }
 
@@ -198,6 +260,9 @@ async fn recv_any(
     poll_fn(|cx| {
         for k in 0..n {
             let i = (first + k) % n;
+            if sockets[i].dataplane {
+                continue;
+            }
             let mut rb = tokio::io::ReadBuf::new(buf);
             match sockets[i].socket.poll_recv_from(cx, &mut rb) {
                 Poll::Ready(Ok(from)) => return Poll::Ready((i, Ok((rb.filled().len(), from)))),
@@ -272,11 +337,25 @@ impl Node {
         while let Some(t) = self.endpoint.poll_transmit() {
             self.send(&t).await;
         }
+        let mut changed = false;
         while let Some(event) = self.endpoint.poll_event() {
             log_event(&event);
-            if let Change::Refused { spi_in, error } = self.sadb.handle_event(Instant::now(), event)
-            {
-                tracing::warn!(spi_in = %format_args!("{spi_in:08x}"), %error, "child SA not installed in the dataplane");
+            match self.sadb.handle_event(Instant::now(), event) {
+                Change::Refused { spi_in, error } => {
+                    tracing::warn!(spi_in = %format_args!("{spi_in:08x}"), %error, "child SA not installed in the dataplane");
+                }
+                Change::None => {}
+                _ => changed = true,
+            }
+        }
+        if changed {
+            if let Some(d) = &self.dataplane {
+                let routes = d.dp.refresh();
+                tracing::debug!(
+                    routes = %routes.tunnels.iter().map(|(p, t)| format!("{p}->{t}")).collect::<Vec<_>>().join(","),
+                    skipped = routes.skipped,
+                    "dataplane routes"
+                );
             }
         }
     }
@@ -366,21 +445,73 @@ impl Node {
     }
 
     fn status(&self, now: Instant) -> Status {
-        Status::snapshot(
+        let children = self.sadb.list();
+        let mut st = Status::snapshot(
             NodeStatus {
                 index: self.index,
                 name: self.name.clone(),
             },
             now,
             &self.endpoint.ike_sas(),
-            &self.sadb.list(),
+            &children,
             {
                 let mut c = counter_status(self.endpoint.counters(), &self.counters);
                 // A gauge among the counters: what a flood is holding now.
                 c.insert("half_open".into(), self.endpoint.half_open_count() as u64);
+                if let Some(d) = &self.dataplane {
+                    dataplane_counters(d, &mut c);
+                }
                 c
             },
-        )
+        );
+        // Same order as `children`.
+        for (cs, sa) in st.child_sas.iter_mut().zip(&children) {
+            if let Some((rx, tx)) = self.sadb.sa_counters(sa.spi_in) {
+                cs.in_packets = rx.packets;
+                cs.in_bytes = rx.bytes;
+                cs.out_packets = tx.packets;
+                cs.out_bytes = tx.bytes;
+                for (r, n) in rx.drops.iter().chain(&tx.drops) {
+                    *cs.drops.entry(r.name().to_string()).or_default() += n;
+                }
+            }
+        }
+        st
+    }
+}
+
+/// The dataplane's own counters (`dp_…`), its workers' I/O counters and
+/// the drops no SA can be blamed for (`dp_drop_<reason>`).
+fn dataplane_counters(d: &crate::dataplane::Running, c: &mut crate::status::CounterStatus) {
+    use std::sync::atomic::Ordering::Relaxed;
+    let k = &d.dp.counters;
+    for (name, v) in [
+        ("dp_ike_to_driver", &k.ike_to_driver),
+        ("dp_to_local", &k.to_local),
+        ("dp_tunnel_to_tunnel", &k.tunnel_to_tunnel),
+        ("dp_icmp_errors", &k.icmp_errors),
+    ] {
+        c.insert(name.into(), v.load(Relaxed));
+    }
+    if let Some(io) = d.io() {
+        for (name, v) in [
+            ("dp_udp_rx", &io.udp_rx),
+            ("dp_udp_tx", &io.udp_tx),
+            ("dp_tun_reads", &io.tun_reads),
+            ("dp_tun_tx_packets", &io.tun_tx_packets),
+            ("dp_io_errors", &io.errors),
+        ] {
+            c.insert(name.into(), v.load(Relaxed));
+        }
+    }
+    let snap = d.dp.sad().snapshot();
+    for (r, n) in k
+        .drops
+        .nonzero()
+        .into_iter()
+        .chain(snap.node_drops().nonzero())
+    {
+        *c.entry(format!("dp_drop_{}", r.name())).or_default() += n;
     }
 }
 

@@ -139,6 +139,19 @@ pub struct ChildSaStatus {
     /// ESP in UDP (RFC 3948).
     pub encap: bool,
     pub established_secs: u64,
+    /// Inner packets and bytes the dataplane decrypted on this SA.
+    #[serde(default)]
+    pub in_packets: u64,
+    #[serde(default)]
+    pub in_bytes: u64,
+    /// Inner packets and bytes it encrypted on it.
+    #[serde(default)]
+    pub out_packets: u64,
+    #[serde(default)]
+    pub out_bytes: u64,
+    /// Drops on this SA by reason (both directions), non-zero only.
+    #[serde(default)]
+    pub drops: BTreeMap<String, u64>,
 }
 
 /// Every counter by name: the IKE core's ([`Counters::pairs`]) and the
@@ -213,6 +226,11 @@ impl ChildSaStatus {
             remote_ts: sa.remote_ts.iter().map(ts::display).collect(),
             encap: sa.encap,
             established_secs: secs_since(now, sa.installed_at),
+            in_packets: 0,
+            in_bytes: 0,
+            out_packets: 0,
+            out_bytes: 0,
+            drops: BTreeMap::new(),
         }
     }
 }
@@ -308,13 +326,22 @@ impl Status {
                         sa.proposal.clone(),
                         if sa.encap { "udp" } else { "esp" }.into(),
                         format!("{} === {}", sa.local_ts.join(","), sa.remote_ts.join(",")),
+                        format!("{}/{}", sa.in_packets, sa.out_packets),
                         age(sa.established_secs),
                     ]
                 })
                 .collect();
             table(
                 &mut out,
-                &["CHILD SA", "SPIS", "PROPOSAL", "ENCAP", "SELECTORS", "UP"],
+                &[
+                    "CHILD SA",
+                    "SPIS",
+                    "PROPOSAL",
+                    "ENCAP",
+                    "SELECTORS",
+                    "PKTS IN/OUT",
+                    "UP",
+                ],
                 &rows,
             );
         }
@@ -525,7 +552,8 @@ mod tests {
             serde_json::json!({
                 "tunnel": "site-a", "spi_in": "c0012345", "spi_out": "00f2a1b0", "proposal": "aes256gcm16",
                 "local_ts": ["10.20.0.0/24"], "remote_ts": ["10.10.0.0/24", "10.11.0.0/16[tcp/443]"],
-                "encap": true, "established_secs": 3725
+                "encap": true, "established_secs": 3725,
+                "in_packets": 0, "in_bytes": 0, "out_packets": 0, "out_bytes": 0, "drops": {}
             })
         );
         let c = &v["counters"];

@@ -87,6 +87,54 @@ drop_reasons! {
     /// BoringSSL refused to seal or open (only for inputs far beyond any
     /// packet size; counted, never seen).
     CryptoBackend = "crypto_backend",
+    // --- the packet path around ESP (path.rs, esp_transform.rs) ---
+    /// The inner packet is not a valid IPv4/IPv6 packet.
+    InnerMalformed = "inner_malformed",
+    /// Outside the traffic selectors of the SA or tunnel (RFC 4301 §5.2).
+    SelectorMismatch = "selector_mismatch",
+    /// The tenant's table has no route for the destination.
+    NoRoute = "no_route",
+    /// The ingress names a tenant that does not exist.
+    UnknownTenant = "unknown_tenant",
+    /// The route names a tunnel that is not up.
+    TunnelDown = "tunnel_down",
+    /// TTL / hop limit expired.
+    TtlExpired = "ttl_expired",
+    /// Larger than the tunnel's MTU with DF / IPv6 (an ICMP error may have
+    /// been sent back).
+    TooBig = "too_big",
+    /// GRE: the outer packet is not valid IP or not GRE.
+    GreMalformed = "gre_malformed",
+    /// GRE: an outer fragment.
+    GreFragment = "gre_fragment",
+    /// GRE: no tunnel for (outer source, outer destination, key).
+    GreUnknownTunnel = "gre_unknown_tunnel",
+    /// GRE: a version, flag or protocol type we do not carry.
+    GreUnsupported = "gre_unsupported",
+    /// A packet read from the local side (TUN) routed back to it.
+    LocalLoop = "local_loop",
+    /// An IKE message on the shared NAT-T socket found the queue to the
+    /// IKE driver full (bounded: a flood cannot grow memory).
+    IkeQueueFull = "ike_queue_full",
+}
+
+impl From<crate::path::PathDrop> for DropReason {
+    fn from(d: crate::path::PathDrop) -> DropReason {
+        use crate::path::PathDrop as P;
+        match d {
+            P::InnerMalformed => DropReason::InnerMalformed,
+            P::SelectorMismatch => DropReason::SelectorMismatch,
+            P::NoRoute => DropReason::NoRoute,
+            P::UnknownTenant => DropReason::UnknownTenant,
+            P::TunnelDown => DropReason::TunnelDown,
+            P::TtlExpired => DropReason::TtlExpired,
+            P::TooBig => DropReason::TooBig,
+            P::GreMalformed => DropReason::GreMalformed,
+            P::GreFragment => DropReason::GreFragment,
+            P::GreUnknownTunnel => DropReason::GreUnknownTunnel,
+            P::GreUnsupported => DropReason::GreUnsupported,
+        }
+    }
 }
 
 /// One relaxed counter per [`DropReason`].

@@ -17,12 +17,15 @@
 //! - [`io`]: the batched TUN/UDP I/O layer (userspace GSO/GRO, UDP GSO/GRO,
 //!   `sendmmsg`/`recvmmsg`) and the forwarding loop a [`io::PacketTransform`]
 //!   (the ESP core) plugs into.
+//! - [`esp_transform`]: the ESP dataplane as the loop's
+//!   [`io::PacketTransform`]: TUN ⇄ path ⇄ SAD ⇄ ESP-in-UDP, IKE handed off.
 //! - [`sys`]: the only `unsafe` in the crate (TUN ioctls, batched sockets).
 
 #![deny(unsafe_code)]
 
 pub mod counters;
 pub mod esp;
+pub mod esp_transform;
 pub mod gre;
 pub mod icmp_error;
 pub mod io;

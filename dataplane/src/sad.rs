@@ -173,6 +173,9 @@ impl SpiHasher {
 
 type FastHash = BuildHasherDefault<SpiHasher>;
 
+/// A tunnel's current outbound SA, its counters and the peer's address.
+type OutboundEntry = (Arc<OutboundSa>, Arc<TunnelCounters>, SocketAddr);
+
 /// An immutable view of the database: what a worker reads per packet or
 /// per batch.
 #[derive(Clone, Debug, Default)]
@@ -180,7 +183,8 @@ pub struct Snapshot {
     inbound: HashMap<u32, Child, FastHash>,
     /// Tunnel → its current outbound SA and its counters (one lookup per
     /// packet).
-    outbound: HashMap<Arc<str>, (Arc<OutboundSa>, Arc<TunnelCounters>), FastHash>,
+    /// The address is where its ESP goes now (the peer's, NAT-T aware).
+    outbound: HashMap<Arc<str>, OutboundEntry, FastHash>,
     tunnels: HashMap<Arc<str>, Arc<TunnelCounters>, FastHash>,
     /// Drops no SA can be blamed for (unknown SPI, malformed header); the
     /// same counters in every snapshot.
@@ -198,8 +202,11 @@ pub struct Received<'s> {
 /// An outbound packet the database encrypted.
 #[derive(Debug)]
 pub struct Sent<'s> {
-    /// The SA used: peer address, ESP-in-UDP or not.
+    /// The SA used: ESP-in-UDP or not.
     pub sa: &'s Arc<OutboundSa>,
+    /// Where to send it: the peer's current address (install-time, or the
+    /// new one after its NAT mapping changed, [`Event::IkeSaMoved`]).
+    pub to: SocketAddr,
     /// The ESP packet's range in the buffer.
     pub esp: Range<usize>,
 }
@@ -214,7 +221,7 @@ impl Snapshot {
     /// The tunnel's current outbound SA.
     #[inline]
     pub fn outbound(&self, tunnel: &str) -> Option<&Arc<OutboundSa>> {
-        self.outbound.get(tunnel).map(|(sa, _)| sa)
+        self.outbound.get(tunnel).map(|(sa, _, _)| sa)
     }
 
     /// A tunnel's counters (kept across rekeys and re-establishments).
@@ -280,7 +287,7 @@ impl Snapshot {
         buf: &mut [u8],
         inner: Range<usize>,
     ) -> Result<Sent<'_>, DropReason> {
-        let Some((sa, counters)) = self.outbound.get(tunnel) else {
+        let Some((sa, counters, to)) = self.outbound.get(tunnel) else {
             let r = DropReason::EspNoSa;
             match self.tunnels.get(tunnel) {
                 Some(t) => t.drops.add(r),
@@ -293,7 +300,7 @@ impl Snapshot {
             Ok(esp) => {
                 sa.counters().traffic.add(1, bytes);
                 counters.tx.add(1, bytes);
-                Ok(Sent { sa, esp })
+                Ok(Sent { sa, esp, to: *to })
             }
             Err(e) => {
                 let r = DropReason::from(e);
@@ -316,7 +323,7 @@ impl Snapshot {
             .values()
             .filter(|c| c.inbound.info().tunnel == *tunnel)
             .max_by_key(|c| c.order)
-            .map(|c| (c.outbound.clone(), c.tunnel.clone()));
+            .map(|c| (c.outbound.clone(), c.tunnel.clone(), c.remote));
         match newest {
             Some(o) => {
                 self.outbound.insert(tunnel.clone(), o);
@@ -491,8 +498,10 @@ impl Sad {
                     order: *order,
                 },
             );
-            snap.outbound
-                .insert(child.tunnel.clone(), (outbound, tunnel_counters));
+            snap.outbound.insert(
+                child.tunnel.clone(),
+                (outbound, tunnel_counters, child.remote),
+            );
             same.is_some()
         }))
     }
@@ -515,10 +524,19 @@ impl Sad {
     pub fn readdress(&self, ike: IkeSaHandle, local: SocketAddr, remote: SocketAddr) -> usize {
         self.update(|snap, _| {
             let mut n = 0;
+            let mut tunnels: Vec<Arc<str>> = Vec::new();
             for c in snap.inbound.values_mut().filter(|c| c.ike == ike) {
                 c.local = local;
                 c.remote = remote;
                 n += 1;
+                let t = &c.inbound.info().tunnel;
+                if !tunnels.contains(t) {
+                    tunnels.push(t.clone());
+                }
+            }
+            // The outbound entries carry the address too.
+            for t in &tunnels {
+                snap.elect_outbound(t);
             }
             n
         })
@@ -581,8 +599,8 @@ impl Sad {
         let mut v: Vec<(Arc<str>, u32)> = snap
             .outbound
             .iter()
-            .filter(|(_, (o, _))| o.rekey_due())
-            .map(|(t, (o, _))| (t.clone(), o.info().spi_in))
+            .filter(|(_, (o, _, _))| o.rekey_due())
+            .map(|(t, (o, _, _))| (t.clone(), o.info().spi_in))
             .collect();
         v.sort();
         v
@@ -815,6 +833,17 @@ mod tests {
             .map(|s| s.spi_in)
             .collect();
         assert_eq!(moved, vec![0x0010_0001], "only IKE SA 1's child moved");
+        // Outbound ESP follows the tunnel's newest SA (IKE SA 2's, not
+        // moved); once that is gone, IKE SA 1's, to the new address.
+        let dest = |t: &Sad| {
+            let mut buf = vec![0u8; 200];
+            buf[64] = 0x45;
+            t.read(|s| s.encrypt("site-a", &mut buf, 64..148).map(|x| x.to))
+                .unwrap()
+        };
+        assert_eq!(dest(&t), "203.0.113.7:4500".parse().unwrap());
+        t.remove(0x0010_0002);
+        assert_eq!(dest(&t), to);
     }
 
     #[test]

@@ -337,6 +337,10 @@ pub struct HubChildSa {
     pub remote_ts: Vec<String>,
     /// ESP in UDP (RFC 3948), if the hub says.
     pub encap: Option<bool>,
+    /// Inner packets the hub's dataplane decrypted / encrypted on it (0
+    /// without a dataplane).
+    pub in_packets: u64,
+    pub out_packets: u64,
 }
 
 impl HubStatus {
@@ -384,6 +388,8 @@ impl HubStatus {
                 local_ts: f.strs("local_ts")?,
                 remote_ts: f.strs("remote_ts")?,
                 encap: sa.get("encap").and_then(Value::as_bool),
+                in_packets: sa.get("in_packets").and_then(Value::as_u64).unwrap_or(0),
+                out_packets: sa.get("out_packets").and_then(Value::as_u64).unwrap_or(0),
             });
         }
         let counters = v

@@ -21,6 +21,7 @@ use crate::pki::{self, KeyType, PkiSpec};
 use crate::strongswan::{
     canonical_proposal, telling_log_line, Charon, IkeId, SwanConn, SwanIkeSa, SwanPubkey,
 };
+use crate::traffic::{Traffic, OUTSIDE_TS};
 
 /// NAT traversal: the NAT lab's cases, their flow and checks.
 mod nat;
@@ -133,6 +134,9 @@ pub struct Case {
     /// The NAT cases: the lab's NAT router and what both sides must show
     /// of it (`nat.rs`).
     pub nat: Option<NatExpect>,
+    /// Traffic through the tunnel once it is up (anyhubd then runs its
+    /// `[dataplane]`).
+    pub traffic: Option<Traffic>,
 }
 
 fn strings(v: &[&str]) -> Vec<String> {
@@ -205,7 +209,17 @@ impl Case {
             hub_counters_min: Vec::new(),
             pki: None,
             nat: None,
+            traffic: None,
         }
+    }
+
+    /// `basic` with anyhubd's dataplane on and `traffic` sent once up.
+    fn traffic(name: &str, traffic: Traffic) -> Case {
+        let mut c = Case::basic(name);
+        c.traffic = Some(traffic);
+        c.hub_ike.extend(crate::traffic::hub_dataplane_lines());
+        c.anyhub_only = Some("sends traffic through anyhubd's [dataplane]");
+        c
     }
 
     /// `basic`, authenticated with certificates `pki` makes: the site's
@@ -640,6 +654,29 @@ pub fn all() -> Vec<Case> {
     cases.push(ic);
 
     cases.extend(nat::cases());
+    // Traffic through anyhubd's dataplane (userspace ESP-in-UDP over its
+    // TUN). kernel-libipsec refuses ESN SAs (see esp-aes128gcm16-esn), so
+    // no strongSwan site can carry ESN traffic here.
+    cases.push(Case::traffic("traffic-ping", Traffic::Ping));
+    cases.push(Case::traffic("traffic-ping-hub-initiates", Traffic::Ping).hub_initiates());
+    for p in [
+        "aes128gcm16",
+        "aes256gcm16",
+        "chacha20poly1305",
+        "aes128-sha256",
+        "aes256-sha256",
+        "aes256-sha512",
+    ] {
+        cases.push(
+            Case::traffic(&format!("traffic-iperf-{p}"), Traffic::Iperf { secs: 2 }).esp(p, p, p),
+        );
+    }
+    cases.push(Case::traffic("traffic-ts-enforced", Traffic::TsEnforced));
+    cases.push(Case::traffic(
+        "traffic-rekey-during-transfer",
+        Traffic::RekeyDuringTransfer { secs: 9 },
+    ));
+
     cases
 }
 
@@ -773,6 +810,8 @@ fn stand_in_status(sas: &[SwanIkeSa]) -> HubStatus {
                 local_ts: c.local_ts.clone(),
                 remote_ts: c.remote_ts.clone(),
                 encap: Some(c.encap),
+                in_packets: 0,
+                out_packets: 0,
             });
         }
     }
@@ -797,10 +836,11 @@ pub fn run_case(case: &Case, kind: HubKind, keep: Option<&Path>, show: bool) -> 
         .chain(case.hub.iter().flat_map(|t| &t.remote_ts));
     let hub_ts = (case.hub.iter().flat_map(|t| &t.local_ts))
         .chain(case.site.iter().flat_map(|c| &c.remote_ts));
-    let (site_inner, hub_inner) = (
-        inner_addrs(SITE_INNER, site_ts),
-        inner_addrs(HUB_INNER, hub_ts),
-    );
+    let site_inner = inner_addrs(SITE_INNER, site_ts);
+    let mut hub_inner = inner_addrs(HUB_INNER, hub_ts);
+    if case.traffic == Some(Traffic::TsEnforced) {
+        hub_inner.push(OUTSIDE_TS);
+    }
     let keep = keep.map(|k| k.join(&case.name));
     let lab = match case.nat.as_ref().and_then(|n| n.behind) {
         None => Lab::create(&site_inner, &hub_inner, keep),
@@ -1182,7 +1222,14 @@ fn drive(case: &Case, kind: HubKind, lab: &Lab, show: bool) -> Result<()> {
         }
     }
 
-    let verdict = verify(case, &mut site, &mut hub, &said);
+    let verdict =
+        verify(case, &mut site, &mut hub, &said).and_then(|()| match (case.traffic, &mut hub) {
+            (Some(t), Hub::Anyhub(a)) => {
+                crate::traffic::run(t, lab, &site, a).with_context(|| format!("traffic ({t:?})"))
+            }
+            (Some(_), Hub::Swan(_)) => bail!("the stand-in hub has no [dataplane]"),
+            (None, _) => Ok(()),
+        });
     if show {
         println!("== site (strongSwan): swanctl --list-sas ==");
         match site.list_sas_text() {

@@ -30,6 +30,7 @@ mod lab;
 mod pki;
 mod strongswan;
 mod sys;
+mod traffic;
 
 use std::any::Any;
 use std::panic::{self, AssertUnwindSafe};

@@ -279,14 +279,14 @@ fn del_sa(child: &ChildSa, inbound: bool) -> XfrmMessage {
 
 /// A prefix of a selector side.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Net {
-    addr: IpAddr,
-    len: u8,
+pub(crate) struct Net {
+    pub(crate) addr: IpAddr,
+    pub(crate) len: u8,
 }
 
 /// The smallest list of prefixes covering exactly `start..=end`, or
 /// `None` past `limit`.
-fn range_to_prefixes(start: IpAddr, end: IpAddr, limit: usize) -> Option<Vec<Net>> {
+pub(crate) fn range_to_prefixes(start: IpAddr, end: IpAddr, limit: usize) -> Option<Vec<Net>> {
     let (s, e, bits, v4) = match (start, end) {
         (IpAddr::V4(s), IpAddr::V4(e)) => (
             u128::from(u32::from(s)),
