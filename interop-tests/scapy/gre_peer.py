@@ -11,8 +11,9 @@ key) to the hub, and checks, run inside the site namespace:
   must see it come back.
 - ping: ICMP echo requests from our inner address to an address behind the
   hub, inside GRE; the echo replies must come back inside GRE, with our key.
-- too big (optional): a DF-marked inner packet larger than the tunnel MTU
-  must be answered with ICMP Fragmentation Needed, inside GRE.
+- MSS (optional): a TCP SYN (MSS 1460) to a listening port behind the hub;
+  the SYN-ACK that comes back through the tunnel carries the MSS the hub
+  clamped it to (reported; the caller checks it).
 
 Prints one JSON line with what it saw and exits 0 when every check passed,
 1 when one failed, 2 on bad arguments or a scapy error.
@@ -27,6 +28,7 @@ from scapy.all import (  # type: ignore[import-untyped]
     GRE,
     ICMP,
     IP,
+    TCP,
     AsyncSniffer,
     Raw,
     conf,
@@ -56,11 +58,11 @@ def main():
     p.add_argument("--inner-remote", required=True, help="an address behind the hub")
     p.add_argument("--iface", required=True, help="the interface towards the hub")
     p.add_argument("--count", type=int, default=3)
-    p.add_argument("--too-big", type=int, default=0,
-                   help="also send a DF inner packet of this many octets and expect Frag Needed")
+    p.add_argument("--syn-port", type=int, default=0,
+                   help="also send a TCP SYN to this port behind the hub and report the SYN-ACK's MSS")
     args = p.parse_args()
 
-    seen = {"keepalives_back": 0, "echo_replies": 0, "frag_needed": [], "wrong_key": 0,
+    seen = {"keepalives_back": 0, "echo_replies": 0, "synack_mss": None, "wrong_key": 0,
             "sent_keepalives": 0, "sent_echoes": 0}
 
     def on_packet(pkt):
@@ -83,8 +85,9 @@ def main():
             return
         if ICMP in inner and inner[ICMP].type == 0 and inner.dst == args.inner_local:
             seen["echo_replies"] += 1
-        elif ICMP in inner and inner[ICMP].type == 3 and inner[ICMP].code == 4:
-            seen["frag_needed"].append(inner[ICMP].nexthopmtu)
+        elif TCP in inner and inner[TCP].flags.S and inner[TCP].flags.A:
+            mss = [v for (k, v) in inner[TCP].options if k == "MSS"]
+            seen["synack_mss"] = mss[0] if mss else 0
 
     sniffer = AsyncSniffer(iface=args.iface, filter=f"ip proto 47 and src host {args.hub}",
                            prn=on_packet, store=False)
@@ -93,10 +96,8 @@ def main():
 
     for i in range(args.count):
         # Keepalive: GRE(proto 0) from the hub to us, inside GRE to the hub.
-        back = IP(src=args.hub, dst=args.local, proto=47) / GRE(proto=0)
-        if args.key is not None:
-            back = IP(src=args.hub, dst=args.local, proto=47) / GRE(
-                proto=0, key_present=1, key=args.key)
+        back = IP(src=args.hub, dst=args.local, proto=47) / gre(args.key)
+        back[GRE].proto = 0
         send(IP(src=args.local, dst=args.hub, proto=47) / gre(args.key) / back)
         seen["sent_keepalives"] += 1
         echo = IP(src=args.inner_local, dst=args.inner_remote, ttl=64) / ICMP(
@@ -104,15 +105,15 @@ def main():
         send(outer(args, echo))
         seen["sent_echoes"] += 1
         time.sleep(0.2)
-    if args.too_big:
-        big = IP(src=args.inner_local, dst=args.inner_remote, flags="DF") / ICMP(
-            type=8, id=0x4a48, seq=99) / Raw(b"x" * (args.too_big - 28))
-        send(outer(args, big))
+    if args.syn_port:
+        syn = IP(src=args.inner_local, dst=args.inner_remote) / TCP(
+            sport=40000, dport=args.syn_port, flags="S", seq=1000, options=[("MSS", 1460)])
+        send(outer(args, syn))
     time.sleep(1.0)
     sniffer.stop()
 
     ok = (seen["keepalives_back"] >= args.count and seen["echo_replies"] >= args.count
-          and seen["wrong_key"] == 0 and (not args.too_big or seen["frag_needed"]))
+          and seen["wrong_key"] == 0 and (not args.syn_port or seen["synack_mss"] is not None))
     print(json.dumps(seen))
     return 0 if ok else 1
 

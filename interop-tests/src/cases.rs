@@ -672,6 +672,12 @@ pub fn all() -> Vec<Case> {
         );
     }
     cases.push(Case::traffic("traffic-ts-enforced", Traffic::TsEnforced));
+    // GRE (RFC 2784/2890) from a scapy peer beside the IPsec tunnel.
+    for (name, key) in [("gre-scapy", None), ("gre-scapy-key", Some(4242))] {
+        let mut c = Case::traffic(name, Traffic::Gre { key });
+        c.hub_ike.extend(crate::traffic::hub_gre_lines(key));
+        cases.push(c);
+    }
     cases.push(Case::traffic(
         "traffic-rekey-during-transfer",
         Traffic::RekeyDuringTransfer { secs: 9 },
