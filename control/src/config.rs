@@ -108,6 +108,24 @@ pub struct DataplaneConfig {
     pub offload: bool,
     /// Anti-replay window of every inbound SA (power of two, 64..=65536).
     pub replay_window: u32,
+    /// GRE tunnels (`[[gre]]`), in file order.
+    pub gre: Vec<GreConfig>,
+}
+
+/// `[[gre]]`: one GRE tunnel (RFC 2784, key RFC 2890) from a customer
+/// router to this node's address (the one `ike.listen` address).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GreConfig {
+    pub id: Arc<str>,
+    /// The customer router's outer address.
+    pub remote: std::net::Ipv4Addr,
+    /// Our outer address: the listen address.
+    pub local: std::net::Ipv4Addr,
+    pub key: Option<u32>,
+    /// Inner prefixes behind the customer's router, routed into the tunnel.
+    pub routes: Vec<anyhub_dataplane::route::Prefix>,
+    /// Outer TTL.
+    pub ttl: u8,
 }
 
 /// `[dataplane] mtu` when absent.
@@ -232,6 +250,16 @@ struct RawDataplane {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawGre {
+    id: String,
+    remote: String,
+    key: Option<i64>,
+    routes: Option<Vec<String>>,
+    ttl: Option<i64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawTunnel {
     id: String,
     local_id: String,
@@ -346,10 +374,13 @@ fn section<T: serde::de::DeserializeOwned>(path: &str, value: toml::Value) -> Re
 
 fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
     for key in table.keys() {
-        if !matches!(key.as_str(), "node" | "ike" | "tunnel" | "dataplane") {
+        if !matches!(
+            key.as_str(),
+            "node" | "ike" | "tunnel" | "dataplane" | "gre"
+        ) {
             return Err(FieldError::new(
                 key,
-                "unknown section, expected one of [node], [ike], [[tunnel]], [dataplane]",
+                "unknown section, expected one of [node], [ike], [[tunnel]], [dataplane], [[gre]]",
             ));
         }
     }
@@ -372,6 +403,16 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
             ))
         }
         None => None,
+    };
+    let raw_gre = match table.remove("gre") {
+        Some(toml::Value::Array(a)) => a,
+        Some(_) => {
+            return Err(FieldError::new(
+                "gre",
+                "must be an array of tables ([[gre]])",
+            ))
+        }
+        None => Vec::new(),
     };
     let raw_tunnels = match table.remove("tunnel") {
         Some(toml::Value::Array(a)) => a,
@@ -544,10 +585,20 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
                 FieldError::new("ike.retransmit_tries", format!("must be 1..=20, got {n}"))
             })?;
     }
-    let dataplane = match raw_dataplane {
+    let mut dataplane = match raw_dataplane {
         Some(d) => Some(dataplane(d, &listen)?),
         None => None,
     };
+    if !raw_gre.is_empty() {
+        let Some(dp) = dataplane.as_mut() else {
+            return Err(FieldError::new(
+                "gre",
+                "GRE tunnels need the userspace dataplane: add a [dataplane] section",
+            ));
+        };
+        let ids: Vec<&str> = endpoint.tunnels.iter().map(|t| &*t.id).collect();
+        dp.gre = gre_tunnels(raw_gre, listen[0], &ids)?;
+    }
     Ok(DaemonConfig {
         dataplane,
         node_name: node.name,
@@ -624,7 +675,78 @@ fn dataplane(d: RawDataplane, listen: &[IpAddr]) -> Result<DataplaneConfig> {
         kernel_routes: d.kernel_routes.unwrap_or(true),
         offload: d.offload.unwrap_or(true),
         replay_window,
+        gre: Vec::new(),
     })
+}
+
+fn gre_tunnels(raw: Vec<toml::Value>, local: IpAddr, ipsec: &[&str]) -> Result<Vec<GreConfig>> {
+    let IpAddr::V4(local) = local else {
+        return Err(FieldError::new(
+            "gre",
+            "GRE needs an IPv4 ike.listen address (IPv6 outer headers are not supported yet)",
+        ));
+    };
+    let mut out: Vec<GreConfig> = Vec::with_capacity(raw.len());
+    for (i, value) in raw.into_iter().enumerate() {
+        let path = format!("gre[{i}]");
+        let g: RawGre = section(&path, value)?;
+        let path = format!("gre[{i}] ({})", shorten(&g.id));
+        if g.id.trim().is_empty() {
+            return Err(FieldError::new(format!("gre[{i}].id"), "must not be empty"));
+        }
+        if ipsec.contains(&g.id.as_str()) || out.iter().any(|o| *o.id == *g.id) {
+            return Err(FieldError::new(
+                format!("{path}.id"),
+                "is already the id of another [[tunnel]] or [[gre]]",
+            ));
+        }
+        let remote: std::net::Ipv4Addr = g.remote.trim().parse().map_err(|_| {
+            FieldError::new(
+                format!("{path}.remote"),
+                format!("'{}' is not an IPv4 address", shorten(&g.remote)),
+            )
+        })?;
+        let key = match g.key {
+            None => None,
+            Some(k) => Some(u32::try_from(k).map_err(|_| {
+                FieldError::new(
+                    format!("{path}.key"),
+                    format!("must be 0..=4294967295, got {k}"),
+                )
+            })?),
+        };
+        if out.iter().any(|o| o.remote == remote && o.key == key) {
+            return Err(FieldError::new(
+                format!("{path}.remote"),
+                "another [[gre]] has the same remote and key: packets could not be told apart",
+            ));
+        }
+        let mut routes = Vec::new();
+        for (j, r) in g.routes.unwrap_or_default().iter().enumerate() {
+            let p: anyhub_dataplane::route::Prefix = r.trim().parse().map_err(|_| {
+                FieldError::new(
+                    format!("{path}.routes[{j}]"),
+                    format!("'{}' is not a prefix (addr/len)", shorten(r)),
+                )
+            })?;
+            routes.push(p);
+        }
+        let ttl = match g.ttl {
+            None => anyhub_dataplane::gre::DEFAULT_TTL,
+            Some(t) => u8::try_from(t).ok().filter(|t| *t > 0).ok_or_else(|| {
+                FieldError::new(format!("{path}.ttl"), format!("must be 1..=255, got {t}"))
+            })?,
+        };
+        out.push(GreConfig {
+            id: g.id.into(),
+            remote,
+            local,
+            key,
+            routes,
+            ttl,
+        });
+    }
+    Ok(out)
 }
 
 /// A user-supplied string as shown in an error: at most 32 characters.
@@ -1178,6 +1300,7 @@ remote_ts = ["10.10.0.0/24"]
                 kernel_routes: true,
                 offload: true,
                 replay_window: 1024,
+                gre: vec![],
             }
         );
         let d = ok(&with(
@@ -1212,6 +1335,60 @@ remote_ts = ["10.10.0.0/24"]
         );
         assert_ne!(two, MINIMAL);
         err(&format!("{two}\n[dataplane]\ntun = \"t\"\n"), "dataplane");
+    }
+
+    #[test]
+    fn gre_tunnels() {
+        let dp = format!("{MINIMAL}\n[dataplane]\ntun = \"t\"\n");
+        let with = |lines: &str| format!("{dp}\n[[gre]]\n{lines}\n");
+        let d = ok(&with(
+            "id = \"g1\"\nremote = \"203.0.113.9\"\nkey = 7\nroutes = [\"10.30.0.0/24\"]",
+        ))
+        .dataplane
+        .unwrap();
+        assert_eq!(
+            d.gre,
+            vec![GreConfig {
+                id: "g1".into(),
+                remote: "203.0.113.9".parse().unwrap(),
+                local: "198.51.100.1".parse().unwrap(),
+                key: Some(7),
+                routes: vec!["10.30.0.0/24".parse().unwrap()],
+                ttl: anyhub_dataplane::gre::DEFAULT_TTL,
+            }]
+        );
+        let g = |lines: &str| with(&format!("id = \"g1\"\nremote = \"203.0.113.9\"\n{lines}"));
+        err(&g("key = -1"), "gre[0] (g1).key");
+        err(&g("key = 4294967296"), "gre[0] (g1).key");
+        err(&g("routes = [\"10.30.0.0/40\"]"), "gre[0] (g1).routes[0]");
+        err(&g("ttl = 0"), "gre[0] (g1).ttl");
+        err(&g("colour = 1"), "gre[0]");
+        err(
+            &with("id = \"g1\"\nremote = \"2001:db8::1\""),
+            "gre[0] (g1).remote",
+        );
+        err(&with("id = \"\"\nremote = \"203.0.113.9\""), "gre[0].id");
+        // An id of a [[tunnel]], or two tunnels no packet could tell apart.
+        let tunnel_id = MINIMAL
+            .lines()
+            .find_map(|l| l.strip_prefix("id = "))
+            .unwrap()
+            .trim_matches('"')
+            .to_string();
+        err(
+            &with(&format!("id = \"{tunnel_id}\"\nremote = \"203.0.113.9\"")),
+            &format!("gre[0] ({tunnel_id}).id"),
+        );
+        let twice = format!(
+            "{}\n[[gre]]\nid = \"g2\"\nremote = \"203.0.113.9\"\n",
+            g("")
+        );
+        err(&twice, "gre[1] (g2).remote");
+        // GRE needs the dataplane.
+        err(
+            &format!("{MINIMAL}\n[[gre]]\nid = \"g\"\nremote = \"203.0.113.9\"\n"),
+            "gre",
+        );
     }
 
     #[test]

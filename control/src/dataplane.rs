@@ -31,6 +31,11 @@ use anyhub_dataplane::io::{Forwarder, IoConfig, IoCounters};
 use anyhub_dataplane::sys::tun::{offload, Tun, TunOptions};
 use anyhub_dataplane::Sad;
 use anyhub_ike::TunnelConfig;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhub_dataplane::gre::GreTunnelConfig;
+use anyhub_dataplane::gre_side::{GreRoute, GreSide};
+use anyhub_dataplane::route::{TenantId, TunnelId};
 use tokio::sync::mpsc;
 
 use crate::config::DataplaneConfig;
@@ -45,6 +50,10 @@ pub type IkeDatagram = (SocketAddr, SocketAddr, Vec<u8>);
 /// The running dataplane; dropping it stops the workers.
 pub struct Running {
     pub dp: Arc<EspDataplane>,
+    /// The GRE tunnels, when `[[gre]]` configures any.
+    pub gre: Option<Arc<GreSide>>,
+    gre_stop: Arc<AtomicBool>,
+    gre_rx: Option<std::thread::JoinHandle<()>>,
     fwd: Option<Forwarder>,
     pub tun: String,
     /// Routes installed in the kernel (for the log).
@@ -61,6 +70,10 @@ impl Drop for Running {
     fn drop(&mut self) {
         if let Some(f) = self.fwd.take() {
             f.stop();
+        }
+        self.gre_stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.gre_rx.take() {
+            let _ = t.join();
         }
     }
 }
@@ -90,11 +103,37 @@ pub fn start(
     local: SocketAddr,
     ike_tx: mpsc::Sender<IkeDatagram>,
 ) -> Result<Running, String> {
+    // GRE tunnels take the TunnelIds after the IPsec tunnels'.
+    let gre = if cfg.gre.is_empty() {
+        None
+    } else {
+        let local = cfg.gre[0].local;
+        let routes = cfg
+            .gre
+            .iter()
+            .enumerate()
+            .map(|(i, g)| GreRoute {
+                config: GreTunnelConfig {
+                    id: TunnelId((tunnels.len() + i) as u32),
+                    tenant: TenantId(0),
+                    remote: g.remote.into(),
+                    local: g.local.into(),
+                    key: g.key,
+                    path_mtu: cfg.path_mtu as usize,
+                    ttl: g.ttl,
+                },
+                name: g.id.clone(),
+                routes: g.routes.clone(),
+            })
+            .collect();
+        Some(Arc::new(GreSide::open(local, routes)?))
+    };
     let dp = EspDataplane::new(
         sad,
         EspDataplaneConfig {
             tunnels: tunnels.iter().map(|t| t.id.clone()).collect(),
             path_mtu: cfg.path_mtu as usize,
+            gre: gre.clone(),
         },
         Box::new(move |l, r, m| ike_tx.try_send((l, r, m.to_vec())).is_ok()),
     );
@@ -159,6 +198,34 @@ pub fn start(
             }
         }
     }
+    if cfg.kernel_routes {
+        for g in &cfg.gre {
+            for p in &g.routes {
+                if p.is_default() {
+                    tracing::warn!(gre = %g.id, "a default route: not routed into the TUN");
+                    continue;
+                }
+                let ps = p.to_string();
+                ip(&["route", "replace", &ps, "dev", &name])?;
+                routes.push(ps);
+            }
+        }
+    }
+    // The GRE receiver writes into the first queue through its own handle.
+    let gre_stop = Arc::new(AtomicBool::new(false));
+    let gre_rx = match &gre {
+        Some(g) => {
+            let tun = queues[0]
+                .0
+                .try_clone()
+                .map_err(|e| format!("cannot share the TUN with the GRE receiver: {e}"))?;
+            Some(
+                g.spawn_rx(dp.clone(), tun, gre_stop.clone())
+                    .map_err(|e| format!("cannot start the GRE receiver: {e}"))?,
+            )
+        }
+        None => None,
+    };
     let io = IoConfig {
         udp_gro: cfg.offload,
         tun_gro: cfg.offload && accepted & offload::TSO4 != 0,
@@ -172,6 +239,9 @@ pub fn start(
     let fwd = Forwarder::spawn(queues, io).map_err(|e| format!("cannot start workers: {e}"))?;
     Ok(Running {
         dp,
+        gre,
+        gre_stop,
+        gre_rx,
         fwd: Some(fwd),
         tun: name,
         routes,

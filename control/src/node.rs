@@ -476,6 +476,33 @@ impl Node {
                 }
             }
         }
+        if let Some(g) = self.dataplane.as_ref().and_then(|d| d.gre.as_ref()) {
+            st.gre_tunnels = g
+                .iter()
+                .map(|(id, cfg, c)| crate::status::GreTunnelStatus {
+                    id: id.to_string(),
+                    local: cfg.local.to_string(),
+                    remote: cfg.remote.to_string(),
+                    key: cfg.key,
+                    in_packets: c.rx.packets(),
+                    in_bytes: c.rx.bytes(),
+                    out_packets: c.tx.packets(),
+                    out_bytes: c.tx.bytes(),
+                    keepalives: c.keepalives.load(std::sync::atomic::Ordering::Relaxed),
+                    drops: c
+                        .drops
+                        .nonzero()
+                        .into_iter()
+                        .map(|(r, n)| (r.name().to_string(), n))
+                        .collect(),
+                })
+                .collect();
+            for (r, n) in g.drops.nonzero() {
+                *st.counters
+                    .entry(format!("gre_drop_{}", r.name()))
+                    .or_default() += n;
+            }
+        }
         st
     }
 }

@@ -99,6 +99,27 @@ pub struct Status {
     pub ike_sas: Vec<IkeSaStatus>,
     pub child_sas: Vec<ChildSaStatus>,
     pub counters: CounterStatus,
+    /// `[[gre]]` tunnels with their counters (absent from older daemons).
+    #[serde(default)]
+    pub gre_tunnels: Vec<GreTunnelStatus>,
+}
+
+/// One GRE tunnel.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GreTunnelStatus {
+    pub id: String,
+    pub local: String,
+    pub remote: String,
+    pub key: Option<u32>,
+    /// Inner packets decapsulated / encapsulated.
+    pub in_packets: u64,
+    pub in_bytes: u64,
+    pub out_packets: u64,
+    pub out_bytes: u64,
+    /// The customer router's keepalives reflected.
+    pub keepalives: u64,
+    /// Drops by reason.
+    pub drops: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -252,6 +273,7 @@ impl Status {
                 .map(|sa| ChildSaStatus::new(now, sa))
                 .collect(),
             counters,
+            gre_tunnels: Vec::new(),
         }
     }
 
@@ -341,6 +363,37 @@ impl Status {
                     "SELECTORS",
                     "PKTS IN/OUT",
                     "UP",
+                ],
+                &rows,
+            );
+        }
+        if !self.gre_tunnels.is_empty() {
+            out.push('\n');
+            let rows: Vec<Vec<String>> = self
+                .gre_tunnels
+                .iter()
+                .map(|g| {
+                    vec![
+                        g.id.clone(),
+                        g.local.clone(),
+                        g.remote.clone(),
+                        g.key.map_or_else(|| "-".into(), |k| k.to_string()),
+                        format!("{}/{}", g.in_packets, g.out_packets),
+                        g.keepalives.to_string(),
+                        g.drops.values().sum::<u64>().to_string(),
+                    ]
+                })
+                .collect();
+            table(
+                &mut out,
+                &[
+                    "GRE",
+                    "LOCAL",
+                    "REMOTE",
+                    "KEY",
+                    "PKTS IN/OUT",
+                    "KEEPALIVES",
+                    "DROPS",
                 ],
                 &rows,
             );

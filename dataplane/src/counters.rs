@@ -120,6 +120,10 @@ drop_reasons! {
     /// An IKE message on the shared NAT-T socket found the queue to the
     /// IKE driver full (bounded: a flood cannot grow memory).
     IkeQueueFull = "ike_queue_full",
+    /// The outer packet could not be sent (raw GRE socket error).
+    SendFailed = "send_failed",
+    /// The inner packet could not be written into the TUN.
+    TunWriteFailed = "tun_write_failed",
 }
 
 impl From<crate::path::PathDrop> for DropReason {

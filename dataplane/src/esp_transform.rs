@@ -42,6 +42,7 @@ use std::time::Instant;
 
 use crate::counters::{DropCounters, DropReason};
 use crate::esp::udp::{classify, Natt, NON_ESP_MARKER};
+use crate::gre_side::GreSide;
 use crate::icmp_error::TokenBucket;
 use crate::io::{PacketTransform, Verdict};
 use crate::mss::{Encap, EspCipher, MssClamp};
@@ -77,6 +78,9 @@ pub struct EspDataplaneConfig {
     /// The outer path MTU the tunnels' inner MTU and MSS clamp are
     /// computed from ([`Encap::inner_mtu`]).
     pub path_mtu: usize,
+    /// The node's GRE tunnels, if any: their [`TunnelId`]s follow the ESP
+    /// tunnels', their configured routes join the table.
+    pub gre: Option<Arc<GreSide>>,
 }
 
 /// Counters of the dataplane itself (the SAs' and tunnels' are in the
@@ -146,7 +150,7 @@ impl EspDataplane {
             .enumerate()
             .map(|(i, t)| (t.clone(), TunnelId(i as u32)))
             .collect();
-        let empty = build_state(&[], &[]).0;
+        let empty = build_state(&[], &[], None).0;
         let dp = Arc::new(EspDataplane {
             sad,
             config,
@@ -214,7 +218,7 @@ impl EspDataplane {
             }
         }
         let paths: Vec<TunnelPath> = per.into_iter().flatten().collect();
-        let (state, routes) = build_state(&paths, &self.config.tunnels);
+        let (state, routes) = build_state(&paths, &self.config.tunnels, self.config.gre.as_deref());
         self.paths.publish(state);
         routes
     }
@@ -240,6 +244,79 @@ impl EspDataplane {
     fn name(&self, id: TunnelId) -> Option<&Arc<str>> {
         self.config.tunnels.get(id.0 as usize)
     }
+
+    /// The forwarding state of the GRE receive thread.
+    pub fn gre_worker(&self) -> GreWorker {
+        GreWorker(Worker {
+            fw: path::Forwarder::new(TokenBucket::default()),
+            paths: self.paths.reader(),
+            scratch: vec![0u8; 1500].into_boxed_slice(),
+            reported: Default::default(),
+        })
+    }
+
+    /// Forwards `pkt`, an inner packet decapsulated from GRE tunnel `id`:
+    /// route, TTL, MTU, MSS as for ESP. To the local side, or an ICMP
+    /// error back into the tunnel; into an ESP tunnel is not forwarded
+    /// yet (the GRE thread has no NAT-T socket): counted `tunnel_down`.
+    pub fn from_gre(&self, w: &mut GreWorker, id: TunnelId, pkt: &mut [u8]) -> FromGre {
+        let Worker {
+            fw, paths, scratch, ..
+        } = &mut w.0;
+        let st = paths.current();
+        let v = fw.forward(
+            &st.tenants,
+            &st.tunnels,
+            Ingress::Tunnel {
+                id,
+                sa_selectors: None,
+            },
+            pkt,
+            Instant::now(),
+            scratch,
+        );
+        let r = match v {
+            path::Verdict::Forward {
+                target: Target::Local,
+                ..
+            } => {
+                self.counters.to_local.fetch_add(1, Relaxed);
+                FromGre::Local
+            }
+            path::Verdict::Forward {
+                target: Target::Tunnel(to),
+                ..
+            } => match self.config.gre.as_ref().filter(|g| g.has(to)) {
+                Some(g) => {
+                    if g.send(to, pkt) {
+                        self.counters.tunnel_to_tunnel.fetch_add(1, Relaxed);
+                    }
+                    FromGre::Done
+                }
+                None => FromGre::Drop(DropReason::TunnelDown),
+            },
+            path::Verdict::Reply { len, .. } => FromGre::Reply(scratch[..len].to_vec()),
+            path::Verdict::Drop(d) => FromGre::Drop(d.into()),
+        };
+        w.0.report(&self.counters);
+        r
+    }
+}
+
+/// The GRE receive thread's forwarding state ([`EspDataplane::gre_worker`]).
+pub struct GreWorker(Worker);
+
+/// What [`EspDataplane::from_gre`] decided.
+#[derive(Debug, PartialEq, Eq)]
+pub enum FromGre {
+    /// Write the packet into the TUN.
+    Local,
+    /// Send this ICMP error back into the tunnel the packet came from.
+    Reply(Vec<u8>),
+    /// Dropped; the caller counts it against the tunnel.
+    Drop(DropReason),
+    /// Already sent on (GRE to GRE).
+    Done,
 }
 
 /// The prefixes that cover exactly a selector's address range (ports and
@@ -255,7 +332,11 @@ pub fn selector_prefixes(ts: &anyhub_ike::wire::TrafficSelector) -> Option<Vec<P
 }
 
 /// The local tenant's routes and the tunnel table for `paths`.
-fn build_state(paths: &[TunnelPath], names: &[Arc<str>]) -> (PathState, Routes) {
+fn build_state(
+    paths: &[TunnelPath],
+    names: &[Arc<str>],
+    gre: Option<&GreSide>,
+) -> (PathState, Routes) {
     let mut routes: Vec<(Prefix, Target)> = Vec::new();
     let mut taken = std::collections::HashSet::new();
     let mut out = Routes::default();
@@ -284,6 +365,12 @@ fn build_state(paths: &[TunnelPath], names: &[Arc<str>]) -> (PathState, Routes) 
             }
         }
     }
+    // GRE tunnels' configured routes, after the ESP tunnels' selectors.
+    for &(p, id) in gre.map(GreSide::routes).unwrap_or_default() {
+        if !add(p, Target::Tunnel(id), &mut routes) {
+            out.skipped += 1;
+        }
+    }
     for t in paths {
         for ts in &t.selectors.local {
             for p in prefixes(ts).unwrap_or_default() {
@@ -308,6 +395,9 @@ fn build_state(paths: &[TunnelPath], names: &[Arc<str>]) -> (PathState, Routes) 
     let mut tunnels = TunnelTable::new();
     for t in paths {
         tunnels.insert(t.clone());
+    }
+    for t in gre.map(GreSide::paths).unwrap_or_default() {
+        tunnels.insert(t);
     }
     (
         PathState {
@@ -413,7 +503,12 @@ impl PacketTransform for EspTransform {
                     }
                 }),
                 None => {
-                    dp.counters.drops.add(DropReason::TunnelDown);
+                    match dp.config.gre.as_ref().filter(|g| g.has(id)) {
+                        Some(g) => {
+                            g.send(id, &buf[h..h + inner_len]);
+                        }
+                        None => dp.counters.drops.add(DropReason::TunnelDown),
+                    }
                     Verdict::Done
                 }
             },
@@ -518,6 +613,14 @@ impl PacketTransform for EspTransform {
                     // ESP header and trailer leave room unless the egress
                     // SA's transform needs more (then counted).
                     let Some(name) = dp.name(to) else {
+                        // Into a GRE tunnel (which copies into its own
+                        // buffer: the outer headers are longer).
+                        if let Some(g) = dp.config.gre.as_ref().filter(|g| g.has(to)) {
+                            if g.send(to, &outer[inner]) {
+                                dp.counters.tunnel_to_tunnel.fetch_add(1, Relaxed);
+                            }
+                            return Verdict::Done;
+                        }
                         return reject(DropReason::TunnelDown);
                     };
                     match reencrypt(snap, name, outer, inner) {
@@ -687,6 +790,7 @@ mod tests {
             EspDataplaneConfig {
                 tunnels: vec![Arc::from("other"), Arc::from("site-a")],
                 path_mtu: 1500,
+                gre: None,
             },
             Box::new(move |l, r, m| {
                 if full.load(Relaxed) {

@@ -27,6 +27,7 @@ pub mod counters;
 pub mod esp;
 pub mod esp_transform;
 pub mod gre;
+pub mod gre_side;
 pub mod icmp_error;
 pub mod io;
 pub mod mss;

@@ -308,6 +308,8 @@ pub struct HubStatus {
     pub counters: Option<BTreeMap<String, u64>>,
     /// Half-open IKE SAs listed (not in `ike_sas`: nothing is known of them).
     pub half_open: usize,
+    /// `[[gre]]` tunnels: (id, in packets, out packets, keepalives).
+    pub gre: Vec<(String, u64, u64, u64)>,
 }
 
 #[derive(Clone, Debug)]
@@ -404,6 +406,26 @@ impl HubStatus {
             map.insert(k.clone(), n);
         }
         st.counters = Some(map);
+        for (i, g) in v
+            .get("gre_tunnels")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let f = Fields(g, format!("gre_tunnels[{i}]"));
+            let n = |k: &str| -> Result<u64> {
+                f.get(k)?
+                    .as_u64()
+                    .ok_or_else(|| anyhow!("gre_tunnels[{i}].{k} is not an unsigned integer"))
+            };
+            st.gre.push((
+                f.str("id")?,
+                n("in_packets")?,
+                n("out_packets")?,
+                n("keepalives")?,
+            ));
+        }
         Ok(st)
     }
 }

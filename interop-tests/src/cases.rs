@@ -675,6 +675,12 @@ pub fn all() -> Vec<Case> {
     let mut pmtu = Case::traffic("traffic-pmtu-too-big-mss-clamped", Traffic::PathMtu);
     pmtu.hub_ike.push(crate::traffic::WIDE_TUN.into());
     cases.push(pmtu);
+    // GRE (RFC 2784/2890) from a scapy peer beside the IPsec tunnel.
+    for (name, key) in [("gre-scapy", None), ("gre-scapy-key", Some(4242))] {
+        let mut c = Case::traffic(name, Traffic::Gre { key });
+        c.hub_ike.extend(crate::traffic::hub_gre_lines(key));
+        cases.push(c);
+    }
     cases.push(Case::traffic(
         "traffic-rekey-during-transfer",
         Traffic::RekeyDuringTransfer { secs: 9 },

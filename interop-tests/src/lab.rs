@@ -414,6 +414,12 @@ impl Lab {
     }
 
     /// The address anyhubd listens on (private behind a NAT).
+    /// The site's veth towards the hub (not in a NAT lab, whose site
+    /// talks to its router).
+    pub fn site_if(&self) -> String {
+        format!("vs{}-{}", std::process::id(), self.n)
+    }
+
     pub fn hub_addr(&self) -> &'static str {
         match self.nat.as_ref().map(|r| r.behind) {
             Some(Behind::Hub) => NAT_INSIDE,

@@ -38,6 +38,32 @@ pub enum Traffic {
     /// gets ICMP Fragmentation Needed with the tunnel's MTU, the sender's
     /// kernel learns it, and TCP SYNs through the tunnel are MSS-clamped.
     PathMtu,
+    /// Beside the IPsec tunnel, a GRE tunnel (optionally keyed) from a
+    /// scapy peer in the site namespace (`scapy/gre_peer.py`): keepalives
+    /// reflected, ping through it, the MSS of a SYN-ACK into it clamped,
+    /// and a DF packet from the hub too big for it answered with ICMP
+    /// Fragmentation Needed (seen by the sending kernel).
+    Gre { key: Option<u32> },
+}
+
+/// The scapy GRE peer's inner address and its prefix (routed into the GRE
+/// tunnel by the hub).
+pub const GRE_INNER: &str = "10.30.0.1";
+const GRE_ROUTE: &str = "10.30.0.0/24";
+
+/// anyhubd's `[[gre]]` table for [`Traffic::Gre`] (after [`hub_dataplane_lines`]).
+pub fn hub_gre_lines(key: Option<u32>) -> Vec<String> {
+    let mut v = vec![
+        // Inside [dataplane]: a TUN MTU above the GRE tunnel's, so that the
+        // dataplane, not the hub's kernel, meets the too-big packet.
+        "mtu = 1500".into(),
+        "[[gre]]".into(),
+        "id = \"gre-site\"".into(),
+        format!("remote = \"{}\"", lab::SITE_ADDR),
+        format!("routes = [\"{GRE_ROUTE}\"]"),
+    ];
+    v.extend(key.map(|k| format!("key = {k}")));
+    v
 }
 
 /// The extra `[dataplane]` line of [`Traffic::PathMtu`].
@@ -188,6 +214,7 @@ pub fn run(t: Traffic, lab: &Lab, site: &Charon, hub: &mut Anyhubd) -> Result<()
                 "    iperf3 TCP site->hub {up} Mbit/s, hub->site {down} Mbit/s ({secs} s each; debug build, shared machine)"
             );
         }
+        Traffic::Gre { key } => gre(lab, hub, key)?,
         Traffic::TsEnforced => {
             ping_both(&lab.site_ns, &site_ip, &hub_ip, 1)?;
             let before = hub.status()?;
@@ -299,5 +326,96 @@ pub fn run(t: Traffic, lab: &Lab, site: &Charon, hub: &mut Anyhubd) -> Result<()
             );
         }
     }
+    Ok(())
+}
+
+/// [`Traffic::Gre`]: the scapy peer's checks, then the hub's counters.
+fn gre(lab: &Lab, hub: &mut Anyhubd, key: Option<u32>) -> Result<()> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scapy/gre_peer.py");
+    let mut c = ns_cmd(&lab.site_ns, "python3");
+    let hub_inner = HUB_INNER.to_string();
+    let iface = lab.site_if();
+    c.args([
+        script,
+        "--local",
+        lab::SITE_ADDR,
+        "--hub",
+        lab::HUB_ADDR,
+        "--inner-local",
+        GRE_INNER,
+        "--inner-remote",
+        &hub_inner,
+        "--iface",
+        &iface,
+        "--count",
+        "3",
+        "--syn-port",
+        "5201",
+    ]);
+    let k;
+    if let Some(key) = key {
+        k = key.to_string();
+        c.args(["--key", &k]);
+    }
+    // A listener for the SYN (it answers SYN-ACK; the peer never ACKs).
+    let mut listen = ns_cmd(&lab.hub_ns, "iperf3");
+    listen.args(["-s", "-1", "-B", &hub_inner, "-p", "5201"]);
+    let _server = Proc::spawn(
+        "iperf3 -s (GRE)",
+        listen,
+        &lab.hub_dir().join("gre-iperf3.log"),
+    )?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = lab::run(&mut c, Duration::from_secs(40))?;
+    let line = out
+        .text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('{'))
+        .unwrap_or("");
+    ensure!(
+        out.success(),
+        "the scapy GRE peer saw: {} ({})",
+        line,
+        out.text.trim().lines().last().unwrap_or("")
+    );
+    let st = hub.status()?;
+    let (id, rx, tx, ka) = st
+        .gre
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("the hub shows no GRE tunnel"))?;
+    // The tunnel's inner MTU on a 1500 path: IPv4 20 + GRE 4 (+ key 4).
+    let mtu = 1500 - 24 - if key.is_some() { 4 } else { 0 };
+    let v: serde_json::Value = serde_json::from_str(line).context("the peer's JSON line")?;
+    let mss = v.get("synack_mss").and_then(serde_json::Value::as_u64);
+    ensure!(
+        mss == Some(mtu as u64 - 40),
+        "the SYN-ACK through GRE carried MSS {mss:?}, expected {} (clamped to the tunnel)",
+        mtu - 40
+    );
+    // 3 echo requests + the SYN in, 3 replies + the SYN-ACK out.
+    ensure!(
+        rx >= 4 && tx >= 4 && ka >= 3,
+        "the hub's GRE tunnel {id} counted {rx} in, {tx} out, {ka} keepalives"
+    );
+    // A DF ping from the hub one octet over the tunnel's MTU: the dataplane
+    // answers ICMP Fragmentation Needed with the MTU, which ping shows.
+    let size = (mtu + 1 - 28).to_string();
+    let mut p = ns_cmd(&lab.hub_ns, "ping");
+    p.args([
+        "-n", "-M", "do", "-c", "2", "-i", "0.3", "-W", "1", "-s", &size, "-I", &hub_inner,
+        GRE_INNER,
+    ]);
+    let ping_out = lab::run(&mut p, Duration::from_secs(10))?;
+    let want = [format!("mtu = {mtu}"), format!("mtu={mtu}")];
+    ensure!(
+        want.iter().any(|w| ping_out.text.contains(w.as_str())),
+        "a {size}-octet DF ping into the GRE tunnel did not learn mtu {mtu}: {}",
+        ping_out.text.trim().replace('\n', " | ")
+    );
+    eprintln!(
+        "    scapy GRE peer: {line}; hub {id}: {rx} in, {tx} out, {ka} keepalives; DF ping learnt mtu {mtu}"
+    );
     Ok(())
 }

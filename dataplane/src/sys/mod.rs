@@ -4,12 +4,14 @@
 //! | module | what |
 //! |---|---|
 //! | [`tun`] | `/dev/net/tun`: `TUNSETIFF` (`IFF_TUN`, `IFF_NO_PI`, `IFF_VNET_HDR`, `IFF_MULTI_QUEUE`), `TUNSETOFFLOAD`, `TUNSETVNETHDRSZ`, `poll` |
+//! | [`raw`] | a raw IPv4 socket for one protocol (GRE) with `IP_HDRINCL` |
 //! | [`udp`] | batched UDP: `sendmmsg` with per-message `UDP_SEGMENT` (UDP GSO), `recvmmsg` with `UDP_GRO` segment sizes, the socket options |
 //!
 //! Everything here takes and returns plain Rust types (`&[u8]`,
 //! [`std::net::SocketAddr`], [`std::io::Result`]); the packet logic that
 //! uses them lives in [`crate::io`] and is safe code.
 
+pub mod raw;
 pub mod tun;
 pub mod udp;
 

@@ -135,6 +135,16 @@ impl Tun {
         &self.name
     }
 
+    /// A second handle on the same queue (a duplicated descriptor): for a
+    /// thread that only writes into the TUN, such as the GRE receiver.
+    pub fn try_clone(&self) -> io::Result<Tun> {
+        Ok(Tun {
+            file: self.file.try_clone()?,
+            name: self.name.clone(),
+            vnet_hdr: self.vnet_hdr,
+        })
+    }
+
     /// Whether packets carry a `virtio_net_hdr`.
     pub fn vnet_hdr(&self) -> bool {
         self.vnet_hdr
