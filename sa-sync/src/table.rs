@@ -150,6 +150,11 @@ impl Table {
             .map(|(&l, k)| (l, &self.entries[k]))
     }
 
+    /// The next time [`Table::collect`] has something to do.
+    pub fn next_gc(&self) -> Option<u64> {
+        self.gc.first().map(|(t, _)| *t)
+    }
+
     pub fn digest(&self) -> &[u64] {
         &self.buckets
     }
