@@ -198,6 +198,9 @@ pub struct Status {
     pub live: usize,
     pub bootstrapped: bool,
     pub hlc: u64,
+    /// A hash of every bucket digest: equal on two nodes iff (with
+    /// overwhelming probability) they hold the same versions.
+    pub table_hash: u64,
     pub peers: Vec<PeerStatus>,
     pub counters: Counters,
 }
@@ -954,6 +957,13 @@ impl Node {
             live: self.table.live_len(),
             bootstrapped: self.bootstrapped,
             hlc: self.hlc.last(),
+            table_hash: {
+                let mut h = crate::key::Fnv::new();
+                for b in self.table.digest() {
+                    h.bytes(&b.to_be_bytes());
+                }
+                h.finish()
+            },
             peers: self
                 .peers
                 .iter()

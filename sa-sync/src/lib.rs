@@ -18,3 +18,5 @@ pub use crate::core::{
 };
 pub use key::Key;
 pub use table::Lifetimes;
+pub mod fleet;
+pub mod quic;
