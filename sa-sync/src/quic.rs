@@ -123,6 +123,7 @@ enum Cmd {
         reply: Reply<Result<pb::Version, PublishError>>,
     },
     Status(Reply<Status>),
+    Holds(Vec<Key>, Reply<Vec<bool>>),
     Bootstrapped,
 }
 
@@ -441,6 +442,13 @@ impl Bus {
                                 let _ = reply.send(node.delete(key, now));
                             }
                             Cmd::Status(reply) => { let _ = reply.send(node.status()); }
+                            Cmd::Holds(keys, reply) => {
+                                let held = keys
+                                    .iter()
+                                    .map(|k| node.table().get(k).is_some_and(|e| !e.is_tombstone()))
+                                    .collect();
+                                let _ = reply.send(held);
+                            }
                             Cmd::Bootstrapped => node.set_bootstrapped(),
                         }
                     }
@@ -521,6 +529,11 @@ impl Bus {
 
     pub async fn status(&self) -> Result<Status, BusError> {
         self.ask(Cmd::Status).await
+    }
+
+    /// Whether each key is live in our table.
+    pub async fn holds(&self, keys: Vec<Key>) -> Result<Vec<bool>, BusError> {
+        self.ask(|reply| Cmd::Holds(keys, reply)).await
     }
 
     /// The first node of a new fleet has nothing to take a snapshot of.
