@@ -139,8 +139,11 @@ fn fleet(bin: &Path, n: usize) -> Row {
         }
     }
     let rss0 = f(&nodes[n - 1].ask("status"), "rss_kib");
-    let paced = nodes[0].ask("pub 10000 1000 5000 all 0");
-    let burst = nodes[0].ask("pub 10000 0 5000 all 0");
+    // Every running node (the fresh one of step 4 is a fleet member that
+    // is not up yet, so not "all").
+    let others = n - 1;
+    let paced = nodes[0].ask(&format!("pub 10000 1000 5000 n{others} 0"));
+    let burst = nodes[0].ask(&format!("pub 10000 0 5000 n{others} 0"));
     let fanout = 10_000.0 * (n as f64 - 1.0) / f(&burst, "elapsed_s");
     let fill = nodes[0].ask("pub 80000 0 0 all 0");
     assert_eq!(fill["published"], 80000, "{fill}");

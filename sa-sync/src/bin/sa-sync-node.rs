@@ -11,7 +11,7 @@
 //! `run` reads commands on stdin and answers each with one JSON line:
 //! `pub COUNT RATE BARRIER_MS WAIT ECHO` (publish COUNT child SAs at RATE/s,
 //! 0 = as fast as possible; with BARRIER_MS > 0 each waits for WAIT =
-//! all|one|quorum; ECHO 1 prints `{"acked":spi}` per barrier reached),
+//! all|one|quorum|nK (K nodes); ECHO 1 prints `{"acked":spi}` per barrier reached),
 //! `status`, `missing SPI…` (which of these are not live here), `wait LIVE TIMEOUT_MS` (until the table holds LIVE live SAs),
 //! `quit`.
 
@@ -165,6 +165,7 @@ async fn publish(bus: &Bus, index: u16, next: &mut u32, args: &[&str]) -> serde_
     let wait = match args.get(3).copied().unwrap_or("all") {
         "one" => WaitFor::Nodes(1),
         "quorum" => WaitFor::Quorum,
+        w if w.starts_with('n') => WaitFor::Nodes(w[1..].parse().unwrap_or(1)),
         _ => WaitFor::All,
     };
     let echo = num(4, 0) == 1;
