@@ -18,5 +18,6 @@ pub use crate::core::{
 };
 pub use key::Key;
 pub use table::Lifetimes;
+pub mod convert;
 pub mod fleet;
 pub mod quic;

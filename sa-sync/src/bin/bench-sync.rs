@@ -32,8 +32,16 @@ impl Proc {
         cmd.arg("run")
             .arg("--dir")
             .arg(dir)
-            .args(["--index", &index.to_string(), "--name", &format!("edge{index}")])
-            .args(["--listen", &format!("127.0.0.1:{}", ports[usize::from(index) - 1])]);
+            .args([
+                "--index",
+                &index.to_string(),
+                "--name",
+                &format!("edge{index}"),
+            ])
+            .args([
+                "--listen",
+                &format!("127.0.0.1:{}", ports[usize::from(index) - 1]),
+            ]);
         for (i, p) in ports.iter().enumerate() {
             if i + 1 != usize::from(index) {
                 cmd.args(["--peer", &format!("{}=127.0.0.1:{p}", i + 1)]);
@@ -165,7 +173,8 @@ fn fleet(bin: &Path, n: usize) -> Row {
         p50: f(&paced, "p50_ms"),
         p99: f(&paced, "p99_ms"),
         max: f(&paced, "max_ms"),
-        timed_out: paced["timed_out"].as_u64().unwrap_or(0) + burst["timed_out"].as_u64().unwrap_or(0),
+        timed_out: paced["timed_out"].as_u64().unwrap_or(0)
+            + burst["timed_out"].as_u64().unwrap_or(0),
         burst_p99: f(&burst, "p99_ms"),
         fanout,
         catchup_s,
@@ -193,7 +202,15 @@ fn main() {
     for r in &rows {
         println!(
             "| {} | {:.2} | {:.2} | {:.2} | {} | {:.1} | {:.0} | {:.2} | {:.1} |",
-            r.nodes, r.p50, r.p99, r.max, r.timed_out, r.burst_p99, r.fanout, r.catchup_s, r.mib_per_100k
+            r.nodes,
+            r.p50,
+            r.p99,
+            r.max,
+            r.timed_out,
+            r.burst_p99,
+            r.fanout,
+            r.catchup_s,
+            r.mib_per_100k
         );
     }
     println!("(p50/p99/max: 10k SAs at 1k/s, publish → all nodes applied and acknowledged)");
