@@ -132,13 +132,13 @@ pub enum Event {
     /// tombstone). `old` is what it replaced.
     Applied {
         key: Key,
-        record: pb::Record,
-        old: Option<pb::Record>,
+        record: Box<pb::Record>,
+        old: Option<Box<pb::Record>>,
     },
     /// A live entry reached its expiry and was dropped.
     Expired {
         key: Key,
-        record: pb::Record,
+        record: Box<pb::Record>,
     },
     Barrier(Barrier),
 }
@@ -715,7 +715,7 @@ impl Node {
                 self.counters.applied += 1;
                 self.events.push_back(Event::Applied {
                     key,
-                    record: r,
+                    record: Box::new(r),
                     old,
                 });
                 true
@@ -868,7 +868,10 @@ impl Node {
     pub fn handle_timeout(&mut self, now: u64) {
         for (key, record) in self.table.collect(now) {
             self.counters.expired += 1;
-            self.events.push_back(Event::Expired { key, record });
+            self.events.push_back(Event::Expired {
+                key,
+                record: Box::new(record),
+            });
         }
         let ids: Vec<PeerId> = self.peers.keys().copied().collect();
         for id in ids {

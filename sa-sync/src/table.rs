@@ -64,7 +64,7 @@ pub fn is_tombstone(r: &pb::Record) -> bool {
 #[derive(Debug)]
 pub enum Applied {
     /// The record replaced `old` (or filled an empty key).
-    Changed { old: Option<pb::Record> },
+    Changed { old: Option<Box<pb::Record>> },
     /// We already hold this version or a newer one.
     Stale,
     /// Live, but past its expiry (or a tombstone past its collection time).
@@ -251,7 +251,7 @@ impl Table {
             if !old.is_tombstone() {
                 self.live -= 1;
             }
-            old.record
+            Box::new(old.record)
         });
         self.buckets[bucket] = self.buckets[bucket].wrapping_add(contribution(&key, &record));
         if let Some(t) = self.gc_time(&record) {

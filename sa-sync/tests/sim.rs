@@ -433,7 +433,7 @@ impl Sim {
                 );
             }
             if fully_collected {
-                assert!(first.get(key).is_none(), "seed {seed}: {key} not collected");
+                assert!(!first.contains_key(key), "seed {seed}: {key} not collected");
             }
         }
         assert!(

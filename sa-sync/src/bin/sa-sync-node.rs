@@ -38,27 +38,30 @@ enum Cmd {
         cmd: FleetCmd,
     },
     /// Run a node, commands on stdin.
-    Run {
-        #[arg(long)]
-        dir: PathBuf,
-        #[arg(long)]
-        index: u16,
-        #[arg(long)]
-        name: String,
-        #[arg(long)]
-        listen: SocketAddr,
-        /// INDEX=ADDR, one per other fleet member.
-        #[arg(long = "peer")]
-        peers: Vec<String>,
-        /// The first node of a new fleet (no snapshot to take).
-        #[arg(long)]
-        first: bool,
-        #[arg(long, default_value_t = 3000)]
-        idle_ms: u64,
-        /// The first SPI counter (low 20 bits) this run publishes.
-        #[arg(long, default_value_t = 1)]
-        spi_base: u32,
-    },
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    #[arg(long)]
+    index: u16,
+    #[arg(long)]
+    name: String,
+    #[arg(long)]
+    listen: SocketAddr,
+    /// INDEX=ADDR, one per other fleet member.
+    #[arg(long = "peer")]
+    peers: Vec<String>,
+    /// The first node of a new fleet (no snapshot to take).
+    #[arg(long)]
+    first: bool,
+    #[arg(long, default_value_t = 3000)]
+    idle_ms: u64,
+    /// The first SPI counter (low 20 bits) this run publishes.
+    #[arg(long, default_value_t = 1)]
+    spi_base: u32,
 }
 
 #[derive(Subcommand)]
@@ -172,8 +175,8 @@ async fn publish(bus: &Bus, index: u16, next: &mut u32, args: &[&str]) -> serde_
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in 0..count {
-        if rate > 0 {
-            let due = start + Duration::from_micros(i * 1_000_000 / rate);
+        if let Some(us) = (i * 1_000_000).checked_div(rate) {
+            let due = start + Duration::from_micros(us);
             tokio::time::sleep_until(due.into()).await;
         }
         let spi = (u32::from(index) << 20) | (*next & 0xf_ffff);
@@ -221,16 +224,17 @@ async fn publish(bus: &Bus, index: u16, next: &mut u32, args: &[&str]) -> serde_
     })
 }
 
-async fn run(
-    dir: PathBuf,
-    index: u16,
-    name: String,
-    listen: SocketAddr,
-    peers: Vec<String>,
-    first: bool,
-    idle_ms: u64,
-    spi_base: u32,
-) -> anyhow::Result<()> {
+async fn run(a: RunArgs) -> anyhow::Result<()> {
+    let RunArgs {
+        dir,
+        index,
+        name,
+        listen,
+        peers,
+        first,
+        idle_ms,
+        spi_base,
+    } = a;
     let identity = Identity::load(&dir, &name)?;
     let mut peer_list = Vec::new();
     for p in &peers {
@@ -329,22 +333,11 @@ fn main() -> anyhow::Result<()> {
                 println!("{} {}", c.display(), k.display());
             }
         },
-        Cmd::Run {
-            dir,
-            index,
-            name,
-            listen,
-            peers,
-            first,
-            idle_ms,
-            spi_base,
-        } => {
+        Cmd::Run(a) => {
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(run(
-                dir, index, name, listen, peers, first, idle_ms, spi_base,
-            ))?;
+            rt.block_on(run(a))?;
         }
     }
     Ok(())
