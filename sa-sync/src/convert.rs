@@ -4,6 +4,7 @@
 //! IKE SA handles are per node, so a record names the IKE SA by its SPIs;
 //! the receiver maps them to a handle of its own ([`remote_handle`]).
 
+use crate::key::Key;
 use crate::pb;
 use anyhub_crypto::Secret;
 use anyhub_ike::wire::{DhId, EncrId, IntegId, PrfId, ProtocolId, TrafficSelector, TsType};
@@ -183,6 +184,75 @@ pub fn child_from_pb(p: &pb::ChildSa) -> Result<ChildSa, ConvertError> {
         encap: p.encap,
         rekey_of: (p.rekey_of != 0).then_some(p.rekey_of),
     })
+}
+
+/// What our IKE endpoint's event means for the bus.
+#[derive(Debug)]
+pub enum Publish {
+    /// Publish (or publish with a barrier) this child SA.
+    Write {
+        key: Key,
+        body: Box<pb::record::Body>,
+        expires_ms: u64,
+    },
+    /// Tombstone this child SA.
+    Delete(Key),
+    /// Tombstone every child SA of this IKE SA ([`crate::Node::delete_children_of`]).
+    DeleteChildrenOf { spi_i: u64, spi_r: u64 },
+}
+
+/// Maps an event of our IKE endpoint to bus writes. `ike_spis` gives an IKE
+/// SA handle's (initiator, responder) SPIs; `owner` is our node index.
+pub fn publish_for(
+    ev: &anyhub_ike::Event,
+    ike_spis: impl Fn(IkeSaHandle) -> Option<(u64, u64)>,
+    owner: u16,
+    now_ms: u64,
+) -> Option<Publish> {
+    use anyhub_ike::Event as E;
+    match ev {
+        E::ChildSaEstablished(c) => {
+            let spis = ike_spis(c.ike)?;
+            Some(Publish::Write {
+                key: Key::ChildSa(c.spi_in),
+                body: Box::new(pb::record::Body::ChildSa(child_to_pb(c, spis, owner))),
+                expires_ms: now_ms + c.lifetime.as_millis() as u64,
+            })
+        }
+        E::ChildSaDeleted { spi_in, .. } => Some(Publish::Delete(Key::ChildSa(*spi_in))),
+        E::IkeSaDeleted { info, .. } | E::IkeSaFailed { info, .. } => {
+            let (spi_i, spi_r) = ike_spis(info.handle)?;
+            Some(Publish::DeleteChildrenOf { spi_i, spi_r })
+        }
+        _ => None,
+    }
+}
+
+/// What a bus event means for the SA database: the `anyhub_ike::Event`
+/// that `anyhub_dataplane::Sad::handle_event` takes (install on a new or
+/// updated child SA, delete on its tombstone or expiry).
+pub fn dataplane_event(ev: &crate::Event) -> Option<Result<anyhub_ike::Event, ConvertError>> {
+    use pb::record::Body as B;
+    let deleted = |r: &pb::Record| match &r.body {
+        Some(B::ChildSa(c)) => Some(Ok(anyhub_ike::Event::ChildSaDeleted {
+            tunnel: Arc::from(c.tunnel.as_str()),
+            ike: remote_handle(c.ike_spi_i, c.ike_spi_r),
+            spi_in: c.spi_in,
+            spi_out: c.spi_out,
+        })),
+        _ => None,
+    };
+    match ev {
+        crate::Event::Applied { record, old, .. } => match &record.body {
+            Some(B::ChildSa(c)) => {
+                Some(child_from_pb(c).map(|c| anyhub_ike::Event::ChildSaEstablished(Box::new(c))))
+            }
+            Some(B::Tombstone(_)) => old.as_deref().and_then(deleted),
+            _ => None,
+        },
+        crate::Event::Expired { record, .. } => deleted(record),
+        crate::Event::Barrier(_) => None,
+    }
 }
 
 #[cfg(test)]

@@ -417,6 +417,26 @@ impl Node {
         self.write(key, Body::Tombstone(pb::Tombstone {}), expires, 0, now)
     }
 
+    /// Tombstones every live child SA record of the IKE SA `(spi_i, spi_r)`
+    /// (RFC 7296 §1.4.1: deleting an IKE SA closes its children). Returns
+    /// how many.
+    pub fn delete_children_of(&mut self, spi_i: u64, spi_r: u64, now: u64) -> usize {
+        let keys: Vec<Key> = self
+            .table
+            .entries()
+            .filter(|(_, e)| {
+                matches!(&e.record.body, Some(Body::ChildSa(c))
+                    if c.ike_spi_i == spi_i && c.ike_spi_r == spi_r)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        let n = keys.len();
+        for k in keys {
+            let _ = self.delete(k, now);
+        }
+        n
+    }
+
     /// [`Node::publish`] and wait until `wait` nodes applied it, at most
     /// `timeout_ms`; the outcome comes as [`Event::Barrier`].
     pub fn publish_with_barrier(

@@ -122,6 +122,11 @@ enum Cmd {
         key: Key,
         reply: Reply<Result<pb::Version, PublishError>>,
     },
+    DeleteChildrenOf {
+        spi_i: u64,
+        spi_r: u64,
+        reply: Reply<usize>,
+    },
     Status(Reply<Status>),
     Holds(Vec<Key>, Reply<Vec<bool>>),
     Bootstrapped,
@@ -441,6 +446,9 @@ impl Bus {
                             Cmd::Delete { key, reply } => {
                                 let _ = reply.send(node.delete(key, now));
                             }
+                            Cmd::DeleteChildrenOf { spi_i, spi_r, reply } => {
+                                let _ = reply.send(node.delete_children_of(spi_i, spi_r, now));
+                            }
                             Cmd::Status(reply) => { let _ = reply.send(node.status()); }
                             Cmd::Holds(keys, reply) => {
                                 let held = keys
@@ -525,6 +533,16 @@ impl Bus {
 
     pub async fn delete(&self, key: Key) -> Result<pb::Version, BusError> {
         Ok(self.ask(|reply| Cmd::Delete { key, reply }).await??)
+    }
+
+    /// Tombstones every child SA of an IKE SA; returns how many.
+    pub async fn delete_children_of(&self, spi_i: u64, spi_r: u64) -> Result<usize, BusError> {
+        self.ask(|reply| Cmd::DeleteChildrenOf {
+            spi_i,
+            spi_r,
+            reply,
+        })
+        .await
     }
 
     pub async fn status(&self) -> Result<Status, BusError> {
