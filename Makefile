@@ -73,3 +73,10 @@ bench-ike: setup
 
 clean:
 	$(CARGO) clean
+
+# SA replication: fleets of 3 and 16 sync node processes on loopback QUIC
+# (docs/sa-sync.md). Takes the machine lock itself.
+.PHONY: bench-sync
+bench-sync: setup
+	flock /tmp/anyhub-heavy.lock $(CARGO) build --release -p anyhub-sa-sync --bins
+	flock /tmp/anyhub-heavy.lock target/release/bench-sync $(SYNC_NODES)
