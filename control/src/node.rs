@@ -317,7 +317,7 @@ impl Node {
             match classify_natt(data) {
                 NattDatagram::Keepalive => return,
                 NattDatagram::Esp => {
-                    // No dataplane yet: counted and dropped.
+                    // No [dataplane] configured: counted and dropped.
                     self.counters.rx_esp += 1;
                     return;
                 }

@@ -163,7 +163,7 @@ pub type CounterStatus = BTreeMap<String, u64>;
 /// What the driver counts itself (the endpoint counts the rest).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverCounters {
-    /// ESP received on the NAT-T port and dropped (no dataplane yet).
+    /// ESP received on the NAT-T port and dropped (no `[dataplane]`).
     pub rx_esp: u64,
     /// Transmits whose local address matched no socket.
     pub tx_unroutable: u64,
