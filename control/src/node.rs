@@ -320,7 +320,7 @@ impl Node {
                     return;
                 }
                 NattDatagram::Esp => {
-                    // No dataplane yet: counted and dropped.
+                    // No [dataplane] configured: counted and dropped.
                     self.counters.rx_esp += 1;
                     return;
                 }

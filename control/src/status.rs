@@ -184,7 +184,7 @@ pub type CounterStatus = BTreeMap<String, u64>;
 /// What the driver counts itself (the endpoint counts the rest).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct DriverCounters {
-    /// ESP received on the NAT-T port and dropped (no dataplane yet).
+    /// ESP received on the NAT-T port and dropped (no `[dataplane]`).
     pub rx_esp: u64,
     /// NAT keepalives received on the NAT-T port (RFC 3948 §2.3): one
     /// 0xFF octet from a peer behind a NAT; nothing to do but drop them.
