@@ -108,6 +108,9 @@ pub struct DataplaneConfig {
     pub offload: bool,
     /// Anti-replay window of every inbound SA (power of two, 64..=65536).
     pub replay_window: u32,
+    /// ESP straight over IP (protocol 50) for SAs negotiated without UDP
+    /// encapsulation (a raw socket; default on).
+    pub raw_esp: bool,
     /// GRE tunnels (`[[gre]]`), in file order.
     pub gre: Vec<GreConfig>,
 }
@@ -246,6 +249,7 @@ struct RawDataplane {
     kernel_routes: Option<bool>,
     offload: Option<bool>,
     replay_window: Option<i64>,
+    raw_esp: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -675,6 +679,7 @@ fn dataplane(d: RawDataplane, listen: &[IpAddr]) -> Result<DataplaneConfig> {
         kernel_routes: d.kernel_routes.unwrap_or(true),
         offload: d.offload.unwrap_or(true),
         replay_window,
+        raw_esp: d.raw_esp.unwrap_or(true),
         gre: Vec::new(),
     })
 }
@@ -1300,6 +1305,7 @@ remote_ts = ["10.10.0.0/24"]
                 kernel_routes: true,
                 offload: true,
                 replay_window: 1024,
+                raw_esp: true,
                 gre: vec![],
             }
         );

@@ -33,6 +33,7 @@ use anyhub_dataplane::Sad;
 use anyhub_ike::TunnelConfig;
 use std::sync::atomic::{AtomicBool, Ordering};
 
+use anyhub_dataplane::esp_raw::RawEsp;
 use anyhub_dataplane::gre::GreTunnelConfig;
 use anyhub_dataplane::gre_side::{GreRoute, GreSide};
 use anyhub_dataplane::route::{TenantId, TunnelId};
@@ -52,8 +53,12 @@ pub struct Running {
     pub dp: Arc<EspDataplane>,
     /// The GRE tunnels, when `[[gre]]` configures any.
     pub gre: Option<Arc<GreSide>>,
+    /// The raw ESP socket (IP protocol 50), when `raw_esp` is on.
+    pub raw_esp: Option<Arc<RawEsp>>,
+    /// Stops the GRE and raw ESP receive threads.
     gre_stop: Arc<AtomicBool>,
     gre_rx: Option<std::thread::JoinHandle<()>>,
+    raw_rx: Option<std::thread::JoinHandle<()>>,
     fwd: Option<Forwarder>,
     pub tun: String,
     /// Routes installed in the kernel (for the log).
@@ -72,7 +77,10 @@ impl Drop for Running {
             f.stop();
         }
         self.gre_stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.gre_rx.take() {
+        for t in [self.gre_rx.take(), self.raw_rx.take()]
+            .into_iter()
+            .flatten()
+        {
             let _ = t.join();
         }
     }
@@ -128,12 +136,26 @@ pub fn start(
             .collect();
         Some(Arc::new(GreSide::open(local, routes)?))
     };
+    // ESP over IP (protocol 50) for SAs without UDP encapsulation.
+    let raw_esp = match (cfg.raw_esp, local.ip()) {
+        (true, std::net::IpAddr::V4(a)) => Some(Arc::new(RawEsp::open(a).map_err(|e| {
+            format!("dataplane.raw_esp: cannot open a raw ESP socket on {a}: {e}")
+        })?)),
+        (true, _) => {
+            tracing::warn!(
+                "raw ESP needs an IPv4 listen address: SAs without UDP encapsulation are dropped"
+            );
+            None
+        }
+        (false, _) => None,
+    };
     let dp = EspDataplane::new(
         sad,
         EspDataplaneConfig {
             tunnels: tunnels.iter().map(|t| t.id.clone()).collect(),
             path_mtu: cfg.path_mtu as usize,
             gre: gre.clone(),
+            raw_esp: raw_esp.clone(),
         },
         Box::new(move |l, r, m| ike_tx.try_send((l, r, m.to_vec())).is_ok()),
     );
@@ -226,6 +248,22 @@ pub fn start(
         }
         None => None,
     };
+    let raw_rx = match &raw_esp {
+        Some(r) => {
+            let tun = queues[0]
+                .0
+                .try_clone()
+                .map_err(|e| format!("cannot share the TUN with the raw ESP receiver: {e}"))?;
+            let udp = natt
+                .try_clone()
+                .map_err(|e| format!("cannot share the NAT-T socket: {e}"))?;
+            Some(
+                r.spawn_rx(dp.transform(local), tun, udp, gre_stop.clone())
+                    .map_err(|e| format!("cannot start the raw ESP receiver: {e}"))?,
+            )
+        }
+        None => None,
+    };
     let io = IoConfig {
         udp_gro: cfg.offload,
         tun_gro: cfg.offload && accepted & offload::TSO4 != 0,
@@ -240,8 +278,10 @@ pub fn start(
     Ok(Running {
         dp,
         gre,
+        raw_esp,
         gre_stop,
         gre_rx,
+        raw_rx,
         fwd: Some(fwd),
         tun: name,
         routes,

@@ -532,6 +532,13 @@ fn dataplane_counters(d: &crate::dataplane::Running, c: &mut crate::status::Coun
             c.insert(name.into(), v.load(Relaxed));
         }
     }
+    if let Some(raw) = &d.raw_esp {
+        c.insert("dp_raw_esp_rx".into(), raw.rx_packets.load(Relaxed));
+        c.insert("dp_raw_esp_tx".into(), raw.tx_packets.load(Relaxed));
+        for (r, n) in raw.drops.nonzero() {
+            *c.entry(format!("dp_drop_raw_{}", r.name())).or_default() += n;
+        }
+    }
     let snap = d.dp.sad().snapshot();
     for (r, n) in k
         .drops

@@ -124,6 +124,8 @@ drop_reasons! {
     SendFailed = "send_failed",
     /// The inner packet could not be written into the TUN.
     TunWriteFailed = "tun_write_failed",
+    /// Raw ESP (IP protocol 50) arrived as an IP fragment (no reassembly).
+    RawEspFragment = "raw_esp_fragment",
 }
 
 impl From<crate::path::PathDrop> for DropReason {

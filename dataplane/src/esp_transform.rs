@@ -42,6 +42,7 @@ use std::time::Instant;
 
 use crate::counters::{DropCounters, DropReason};
 use crate::esp::udp::{classify, Natt, NON_ESP_MARKER};
+use crate::esp_raw::RawEsp;
 use crate::gre_side::GreSide;
 use crate::icmp_error::TokenBucket;
 use crate::io::{PacketTransform, Verdict};
@@ -81,6 +82,10 @@ pub struct EspDataplaneConfig {
     /// The node's GRE tunnels, if any: their [`TunnelId`]s follow the ESP
     /// tunnels', their configured routes join the table.
     pub gre: Option<Arc<GreSide>>,
+    /// The raw ESP socket (IP protocol 50) for SAs without UDP
+    /// encapsulation; without it such SAs' packets are dropped
+    /// (`esp_not_encapsulated`).
+    pub raw_esp: Option<Arc<RawEsp>>,
 }
 
 /// Counters of the dataplane itself (the SAs' and tunnels' are in the
@@ -484,6 +489,12 @@ impl PacketTransform for EspTransform {
             } => match dp.name(id) {
                 Some(name) => dp.sad.read(|snap| {
                     if let Some(false) = snap.outbound(name).map(|sa| sa.info().encap) {
+                        if let Some(raw) = &dp.config.raw_esp {
+                            if let Ok(sent) = snap.encrypt(name, buf, h..h + inner_len) {
+                                raw.send(&buf[sent.esp], sent.to.ip());
+                            }
+                            return Verdict::Done;
+                        }
                         let r = DropReason::EspNotEncapsulated;
                         if let Some(sa) = snap.outbound(name) {
                             sa.counters().drops.add(r);
@@ -558,6 +569,15 @@ impl PacketTransform for EspTransform {
                 return Verdict::Done;
             }
         }
+        self.inbound_esp(outer)
+    }
+}
+
+impl EspTransform {
+    /// An ESP packet (from the SPI on) that arrived raw (IP protocol 50)
+    /// or past the RFC 3948 demultiplexing: decrypt, check, forward.
+    pub fn inbound_esp(&self, outer: &mut [u8]) -> Verdict {
+        let dp = &*self.dp;
         let mut w = lock(&self.inb);
         let verdict = dp.sad.read(|snap| {
             let Ok(rx) = snap.decrypt(outer) else {
@@ -623,7 +643,7 @@ impl PacketTransform for EspTransform {
                         }
                         return reject(DropReason::TunnelDown);
                     };
-                    match reencrypt(snap, name, outer, inner) {
+                    match reencrypt(snap, dp.config.raw_esp.as_deref(), name, outer, inner) {
                         Some(v) => {
                             dp.counters.tunnel_to_tunnel.fetch_add(1, Relaxed);
                             v
@@ -640,8 +660,14 @@ impl PacketTransform for EspTransform {
                         return Verdict::Done;
                     }
                     outer[inner.start..inner.start + len].copy_from_slice(&scratch[..len]);
-                    reencrypt(snap, &info.tunnel, outer, inner.start..inner.start + len)
-                        .unwrap_or(Verdict::Done)
+                    reencrypt(
+                        snap,
+                        dp.config.raw_esp.as_deref(),
+                        &info.tunnel,
+                        outer,
+                        inner.start..inner.start + len,
+                    )
+                    .unwrap_or(Verdict::Done)
                 }
                 path::Verdict::Drop(d) => reject(d.into()),
             }
@@ -655,12 +681,13 @@ impl PacketTransform for EspTransform {
 /// headroom and tailroom fit inside `buf`.
 fn reencrypt(
     snap: &crate::Snapshot,
+    raw: Option<&RawEsp>,
     tunnel: &str,
     buf: &mut [u8],
     inner: Range<usize>,
 ) -> Option<Verdict> {
     let sa = snap.outbound(tunnel)?;
-    if !sa.info().encap {
+    if !sa.info().encap && raw.is_none() {
         sa.counters().drops.add(DropReason::EspNotEncapsulated);
         return None;
     }
@@ -670,7 +697,12 @@ fn reencrypt(
             .add(DropReason::NoBufferRoom);
         return None;
     }
+    let encap = sa.info().encap;
     let sent = snap.encrypt(tunnel, buf, inner).ok()?;
+    if let (false, Some(raw)) = (encap, raw) {
+        raw.send(&buf[sent.esp], sent.to.ip());
+        return Some(Verdict::Done);
+    }
     Some(Verdict::Network {
         range: sent.esp,
         to: sent.to,
@@ -791,6 +823,7 @@ mod tests {
                 tunnels: vec![Arc::from("other"), Arc::from("site-a")],
                 path_mtu: 1500,
                 gre: None,
+                raw_esp: None,
             },
             Box::new(move |l, r, m| {
                 if full.load(Relaxed) {

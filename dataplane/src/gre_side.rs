@@ -94,7 +94,7 @@ impl GreSide {
         }
         let per_tunnel = configs.iter().map(|_| Default::default()).collect();
         let tunnels = GreTunnels::build(configs).map_err(|e| format!("gre: {e}"))?;
-        let sock = RawIpv4::open(IPPROTO_GRE, local)
+        let sock = RawIpv4::open(IPPROTO_GRE, local, true)
             .map_err(|e| format!("gre: cannot open a raw GRE socket on {local}: {e}"))?;
         Ok(GreSide {
             tunnels,

@@ -25,6 +25,7 @@
 
 pub mod counters;
 pub mod esp;
+pub mod esp_raw;
 pub mod esp_transform;
 pub mod gre;
 pub mod gre_side;

@@ -22,6 +22,9 @@ const IKE: &str = "aes256gcm16-prfsha256-x25519";
 pub struct PairCase {
     pub name: String,
     pub esp: String,
+    /// No `force_encap`: with no NAT between them the pair negotiates ESP
+    /// over IP (protocol 50), carried by the raw ESP socket.
+    pub raw: bool,
 }
 
 pub fn all() -> Vec<PairCase> {
@@ -41,8 +44,16 @@ pub fn all() -> Vec<PairCase> {
             v.push(PairCase {
                 name: format!("traffic-anyhubd-pair-{esp}"),
                 esp,
+                raw: false,
             });
         }
+    }
+    for esp in ["aes256gcm16", "aes256-sha256-esn"] {
+        v.push(PairCase {
+            name: format!("traffic-anyhubd-pair-raw-esp-{esp}"),
+            esp: esp.into(),
+            raw: true,
+        });
     }
     v
 }
@@ -69,13 +80,18 @@ pub fn hub_tunnel(esp: &str) -> Tunnel {
 /// Starts the site anyhubd in the lab's site namespace: `[dataplane]`,
 /// `force_encap`, initiating tunnel "pair" to the hub with `esp`.
 pub fn start_site(lab: &Lab, bins: &Binaries, esp: &str) -> Result<Proc> {
+    start_site_with(lab, bins, esp, true)
+}
+
+/// [`start_site`], with or without `force_encap`.
+pub fn start_site_with(lab: &Lab, bins: &Binaries, esp: &str, force_encap: bool) -> Result<Proc> {
     let dir = lab.site_dir();
     let config = dir.join("anyhubd.toml");
     fs::write(
         &config,
         format!(
             "[node]\nindex = 2\nname = \"pair-site\"\n\n\
-             [ike]\nlisten = [\"{SITE_ADDR}\"]\nstatus_socket = \"{}\"\nforce_encap = true\n\n\
+             [ike]\nlisten = [\"{SITE_ADDR}\"]\nstatus_socket = \"{}\"\nforce_encap = {force_encap}\n\n\
              [dataplane]\ntun = \"ahtun0\"\n\n\
              [[tunnel]]\nid = \"pair\"\nlocal_id = \"fqdn:site.example.net\"\n\
              remote_id = \"fqdn:hub.example.net\"\npsk = \"{PSK}\"\n\
@@ -103,7 +119,7 @@ fn drive(case: &PairCase, bins: &Binaries, lab: &Lab) -> Result<()> {
         &[hub_tunnel(&case.esp)],
         &crate::traffic::hub_dataplane_lines(),
     )?;
-    let mut site = start_site(lab, bins, &case.esp)?;
+    let mut site = start_site_with(lab, bins, &case.esp, !case.raw)?;
     let (h, s) = (lab::HUB_INNER.to_string(), lab::SITE_INNER.to_string());
     let up = crate::traffic::ping_both(&lab.site_ns, &s, &h, 5)
         .and_then(|()| crate::traffic::ping_both(&lab.hub_ns, &h, &s, 5));
@@ -129,6 +145,32 @@ fn drive(case: &PairCase, bins: &Binaries, lab: &Lab) -> Result<()> {
         "the hub's child SA is {}, expected {want}",
         c.proposal
     );
+    ensure!(
+        c.encap == Some(!case.raw),
+        "the hub's child SA has encap {:?}, expected {}",
+        c.encap,
+        !case.raw
+    );
+    // ESP over IP really went over the raw socket, both ways.
+    let raw = |k: &str| {
+        st.counters
+            .as_ref()
+            .and_then(|m| m.get(k).copied())
+            .unwrap_or(0)
+    };
+    if case.raw {
+        ensure!(
+            raw("dp_raw_esp_rx") > 1000 && raw("dp_raw_esp_tx") > 1000,
+            "the hub's raw ESP socket counted {} in / {} out",
+            raw("dp_raw_esp_rx"),
+            raw("dp_raw_esp_tx")
+        );
+    } else {
+        ensure!(
+            raw("dp_raw_esp_rx") == 0,
+            "ESP-in-UDP SAs, yet raw ESP arrived"
+        );
+    }
     ensure!(
         c.in_packets > 1000 && c.out_packets > 1000,
         "the hub's child SA counted {} in / {} out",

@@ -1,5 +1,6 @@
-//! A raw IPv4 socket for one IP protocol (GRE, 47): `socket(AF_INET,
-//! SOCK_RAW, proto)` with `IP_HDRINCL`, see `raw(7)`.
+//! A raw IPv4 socket for one IP protocol (GRE 47, ESP 50): `socket(AF_INET,
+//! SOCK_RAW, proto)`, see `raw(7)`; with `IP_HDRINCL` (GRE: we build the
+//! outer header) or without (ESP: the kernel builds it).
 //!
 //! Why raw and not a GRE netdevice: this kernel (and many hosts anyhub runs
 //! on) has no `ip_gre` module, and a netdevice per customer tunnel is what
@@ -18,6 +19,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// IP protocol number of GRE (RFC 2784).
 pub const IPPROTO_GRE: i32 = 47;
+/// IP protocol number of ESP (RFC 4303).
+pub const IPPROTO_ESP: i32 = 50;
 
 /// A raw IPv4 socket for one protocol, outer header included both ways.
 #[derive(Debug)]
@@ -27,8 +30,10 @@ pub struct RawIpv4 {
 
 impl RawIpv4 {
     /// Opens the socket for `protocol`, bound to `local` (only packets to
-    /// that address arrive). Needs CAP_NET_RAW.
-    pub fn open(protocol: i32, local: Ipv4Addr) -> io::Result<RawIpv4> {
+    /// that address arrive). `hdrincl`: what we send starts with our own
+    /// IPv4 header; otherwise the kernel puts one in front. Received
+    /// packets always start with theirs. Needs CAP_NET_RAW.
+    pub fn open(protocol: i32, local: Ipv4Addr, hdrincl: bool) -> io::Result<RawIpv4> {
         // SAFETY: plain socket(2); the fd is owned right after.
         let fd =
             unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, protocol) };
@@ -37,7 +42,9 @@ impl RawIpv4 {
         }
         // SAFETY: fd is a fresh, valid descriptor we own.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        super::setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_HDRINCL, 1)?;
+        if hdrincl {
+            super::setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_HDRINCL, 1)?;
+        }
         let sin = sockaddr_in(local);
         // SAFETY: sin is a valid sockaddr_in and its size is passed.
         let rc = unsafe {
@@ -71,8 +78,9 @@ impl RawIpv4 {
         Ok(n as usize)
     }
 
-    /// Sends `packet`, a whole IPv4 packet (header included), to `dst` (the
-    /// kernel routes by `dst`, which must equal the header's destination).
+    /// Sends `packet` to `dst`: a whole IPv4 packet with `hdrincl` (the
+    /// kernel routes by `dst`, which must equal the header's destination),
+    /// else the payload the kernel puts an IPv4 header in front of.
     pub fn send(&self, packet: &[u8], dst: Ipv4Addr) -> io::Result<()> {
         let sin = sockaddr_in(dst);
         // SAFETY: packet is valid for reads; sin is a valid sockaddr_in.
@@ -121,7 +129,7 @@ mod tests {
     #[test]
     fn sends_and_receives_whole_ipv4_packets() {
         let lo = Ipv4Addr::LOCALHOST;
-        let rx = match RawIpv4::open(IPPROTO_GRE, lo) {
+        let rx = match RawIpv4::open(IPPROTO_GRE, lo, true) {
             Ok(s) => s,
             Err(e) if e.kind() == io::ErrorKind::PermissionDenied => {
                 eprintln!("SKIPPED: raw sockets need CAP_NET_RAW ({e})");
@@ -129,7 +137,7 @@ mod tests {
             }
             Err(e) => panic!("raw socket: {e}"),
         };
-        let tx = RawIpv4::open(IPPROTO_GRE, lo).unwrap();
+        let tx = RawIpv4::open(IPPROTO_GRE, lo, true).unwrap();
         // IPv4 (20) + GRE with key (8) + a 4-byte payload.
         let mut pkt = vec![
             0x45, 0, 0, 32, 0x12, 0x34, 0x40, 0, 64, 47, 0, 0, 127, 0, 0, 1, 127, 0, 0,
