@@ -14,7 +14,6 @@
 //! One receive thread; sends happen on the workers' threads (`sendto` on a
 //! shared socket is thread-safe).
 
-use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -92,7 +91,6 @@ impl RawEsp {
     /// on goes out of `udp` (ESP-in-UDP) — raw egress it sends itself.
     pub fn run_rx(&self, xf: &EspTransform, tun: &Tun, udp: &UdpSocket, stop: &AtomicBool) {
         let mut buf = vec![0u8; 65_535];
-        let vnet = [0u8; crate::io::vnet::VNET_HDR_LEN];
         while !stop.load(Relaxed) {
             match crate::sys::poll_readable(self.sock.as_raw_fd(), Duration::from_millis(100)) {
                 Ok(true) => {}
@@ -113,13 +111,7 @@ impl RawEsp {
             let at = esp.start;
             match xf.inbound_esp(&mut buf[esp]) {
                 Verdict::Tun(r) => {
-                    let pkt = &buf[at + r.start..at + r.end];
-                    let w = if tun.vnet_hdr() {
-                        tun.write_vectored(&[IoSlice::new(&vnet), IoSlice::new(pkt)])
-                    } else {
-                        tun.write(pkt)
-                    };
-                    if w.is_err() {
+                    if tun.write_ip(&buf[at + r.start..at + r.end]).is_err() {
                         self.drops.add(DropReason::TunWriteFailed);
                     }
                 }

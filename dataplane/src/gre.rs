@@ -216,6 +216,11 @@ impl GreTunnels {
         Ok(t)
     }
 
+    /// The position of tunnel `id` in [`GreTunnels::iter`]'s order.
+    pub fn index_of(&self, id: TunnelId) -> Option<usize> {
+        self.by_id.get(&id).copied()
+    }
+
     pub fn get(&self, id: TunnelId) -> Option<&GreTunnelConfig> {
         self.by_id.get(&id).map(|&i| &self.tunnels[i])
     }

@@ -18,7 +18,6 @@
 //! thread-safe). Transit between a GRE tunnel and an ESP tunnel is not
 //! forwarded yet (counted as `tunnel_down`).
 
-use std::io::IoSlice;
 use std::net::{IpAddr, Ipv4Addr};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
@@ -136,8 +135,7 @@ impl GreSide {
     }
 
     fn counters(&self, id: TunnelId) -> Option<&GreTunnelCounters> {
-        let i = self.tunnels.iter().position(|c| c.id == id)?;
-        self.per_tunnel.get(i)
+        self.per_tunnel.get(self.tunnels.index_of(id)?)
     }
 
     /// Encapsulates `inner` (an IP packet) into tunnel `id` and sends it.
@@ -212,7 +210,6 @@ impl GreSide {
     pub fn run_rx(&self, dp: &EspDataplane, tun: &Tun, stop: &AtomicBool) {
         let mut buf = vec![0u8; MAX_PACKET];
         let mut worker = dp.gre_worker();
-        let vnet = [0u8; crate::io::vnet::VNET_HDR_LEN];
         while !stop.load(Relaxed) {
             match crate::sys::poll_readable(self.sock.as_raw_fd(), Duration::from_millis(100)) {
                 Ok(true) => {}
@@ -250,13 +247,7 @@ impl GreSide {
             }
             match dp.from_gre(&mut worker, id, &mut buf[range.clone()]) {
                 FromGre::Local => {
-                    let pkt = &buf[range];
-                    let r = if tun.vnet_hdr() {
-                        tun.write_vectored(&[IoSlice::new(&vnet), IoSlice::new(pkt)])
-                    } else {
-                        tun.write(pkt)
-                    };
-                    if r.is_err() {
+                    if tun.write_ip(&buf[range]).is_err() {
                         if let Some(c) = c {
                             c.drops.add(DropReason::TunWriteFailed);
                         }

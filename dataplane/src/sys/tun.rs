@@ -188,6 +188,18 @@ impl Tun {
         (&self.file).write(buf)
     }
 
+    /// Writes one plain IP packet from a thread outside the forwarding
+    /// loop: behind a zero `virtio_net_hdr` (no offload asked) when the
+    /// device has one.
+    pub fn write_ip(&self, pkt: &[u8]) -> io::Result<usize> {
+        if self.vnet_hdr {
+            let vnet = [0u8; crate::io::vnet::VNET_HDR_LEN];
+            self.write_vectored(&[IoSlice::new(&vnet), IoSlice::new(pkt)])
+        } else {
+            self.write(pkt)
+        }
+    }
+
     /// Writes one packet gathered from several slices (the TUN driver
     /// treats one `writev` as one packet).
     pub fn write_vectored(&self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
