@@ -86,6 +86,23 @@ pub struct DaemonConfig {
     /// The userspace ESP dataplane (`[dataplane]`); absent: ESP arriving
     /// on the NAT-T port is counted (`rx_esp`) and dropped.
     pub dataplane: Option<DataplaneConfig>,
+    /// SA replication with the other nodes (`[sync]`); absent: none.
+    pub sync: Option<SyncConfig>,
+}
+
+/// `[sync]`: this node on the SA replication bus (docs/sa-sync.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncConfig {
+    /// Where the QUIC endpoint listens.
+    pub listen: SocketAddr,
+    /// Every other fleet member: (node index, its `listen`).
+    pub peers: Vec<(u16, SocketAddr)>,
+    /// The fleet directory: `ca.pem` and `<node.name>.pem` / `.key`
+    /// (`sa-sync-node fleet init` / `fleet add-node`), relative to the
+    /// config file's directory.
+    pub fleet_dir: PathBuf,
+    /// The first node of a new fleet (nobody to take a snapshot from).
+    pub bootstrap: bool,
 }
 
 /// `[dataplane]`: the node's local side (a TUN device) and its workers.
@@ -254,6 +271,22 @@ struct RawDataplane {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawSync {
+    listen: String,
+    peers: Option<Vec<RawSyncPeer>>,
+    fleet_dir: PathBuf,
+    bootstrap: Option<bool>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSyncPeer {
+    index: i64,
+    address: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawGre {
     id: String,
     remote: String,
@@ -380,11 +413,11 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
     for key in table.keys() {
         if !matches!(
             key.as_str(),
-            "node" | "ike" | "tunnel" | "dataplane" | "gre"
+            "node" | "ike" | "tunnel" | "dataplane" | "gre" | "sync"
         ) {
             return Err(FieldError::new(
                 key,
-                "unknown section, expected one of [node], [ike], [[tunnel]], [dataplane], [[gre]]",
+                "unknown section, expected one of [node], [ike], [[tunnel]], [dataplane], [[gre]], [sync]",
             ));
         }
     }
@@ -406,6 +439,11 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
                 "must be a table ([dataplane])",
             ))
         }
+        None => None,
+    };
+    let raw_sync: Option<RawSync> = match table.remove("sync") {
+        Some(v @ toml::Value::Table(_)) => Some(section("sync", v)?),
+        Some(_) => return Err(FieldError::new("sync", "must be a table ([sync])")),
         None => None,
     };
     let raw_gre = match table.remove("gre") {
@@ -603,8 +641,13 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
         let ids: Vec<&str> = endpoint.tunnels.iter().map(|t| &*t.id).collect();
         dp.gre = gre_tunnels(raw_gre, listen[0], &ids)?;
     }
+    let sync = match raw_sync {
+        Some(s) => Some(sync(s, node_index, base)?),
+        None => None,
+    };
     Ok(DaemonConfig {
         dataplane,
+        sync,
         node_name: node.name,
         node_index,
         listen,
@@ -614,6 +657,50 @@ fn from_table(mut table: toml::Table, base: &Path) -> Result<DaemonConfig> {
         endpoint,
         initiate,
         targets,
+    })
+}
+
+fn sync(s: RawSync, me: u16, base: &Path) -> Result<SyncConfig> {
+    let addr = |field: &str, a: &str| -> Result<SocketAddr> {
+        a.trim()
+            .parse()
+            .map_err(|_| FieldError::new(field, format!("'{}' is not addr:port", shorten(a))))
+    };
+    let listen = addr("sync.listen", &s.listen)?;
+    let mut peers: Vec<(u16, SocketAddr)> = Vec::new();
+    for (i, p) in s.peers.unwrap_or_default().iter().enumerate() {
+        let field = format!("sync.peers[{i}]");
+        let index = u16::try_from(p.index)
+            .ok()
+            .filter(|n| (1..=MAX_NODE_INDEX).contains(n))
+            .ok_or_else(|| {
+                FieldError::new(
+                    format!("{field}.index"),
+                    format!("must be 1..={MAX_NODE_INDEX}, got {}", p.index),
+                )
+            })?;
+        if index == me {
+            return Err(FieldError::new(
+                format!("{field}.index"),
+                format!("{index} is this node's own index"),
+            ));
+        }
+        if peers.iter().any(|(n, _)| *n == index) {
+            return Err(FieldError::new(
+                format!("{field}.index"),
+                format!("node {index} is listed twice"),
+            ));
+        }
+        peers.push((index, addr(&format!("{field}.address"), &p.address)?));
+    }
+    if s.fleet_dir.as_os_str().is_empty() {
+        return Err(FieldError::new("sync.fleet_dir", "must not be empty"));
+    }
+    Ok(SyncConfig {
+        listen,
+        peers,
+        fleet_dir: base.join(s.fleet_dir),
+        bootstrap: s.bootstrap.unwrap_or(false),
     })
 }
 
@@ -1341,6 +1428,61 @@ remote_ts = ["10.10.0.0/24"]
         );
         assert_ne!(two, MINIMAL);
         err(&format!("{two}\n[dataplane]\ntun = \"t\"\n"), "dataplane");
+    }
+
+    #[test]
+    fn sync_section() {
+        let with = |lines: &str| format!("{MINIMAL}\n[sync]\n{lines}\n");
+        assert_eq!(ok(MINIMAL).sync, None);
+        let base = "listen = \"127.0.0.1:7001\"\nfleet_dir = \"fleet\"";
+        let s = ok(&with(&format!(
+            "{base}\nbootstrap = true\npeers = [{{ index = 2, address = \"127.0.0.1:7002\" }}]"
+        )))
+        .sync
+        .unwrap();
+        assert_eq!(
+            s,
+            SyncConfig {
+                listen: "127.0.0.1:7001".parse().unwrap(),
+                peers: vec![(2, "127.0.0.1:7002".parse().unwrap())],
+                fleet_dir: Path::new(FILE).parent().unwrap().join("fleet"),
+                bootstrap: true,
+            }
+        );
+        assert!(!ok(&with(base)).sync.unwrap().bootstrap);
+        err(&with("fleet_dir = \"f\""), "sync");
+        err(
+            &with("listen = \"nowhere\"\nfleet_dir = \"f\""),
+            "sync.listen",
+        );
+        err(&with("listen = \"127.0.0.1:1\""), "sync");
+        err(&with(&format!("{base}\nfleet_dir2 = 1")), "sync");
+        err(
+            &with(&format!(
+                "{base}\npeers = [{{ index = 0, address = \"127.0.0.1:1\" }}]"
+            )),
+            "sync.peers[0].index",
+        );
+        // node.index of MINIMAL is 1: not its own peer.
+        err(
+            &with(&format!(
+                "{base}\npeers = [{{ index = 1, address = \"127.0.0.1:1\" }}]"
+            )),
+            "sync.peers[0].index",
+        );
+        err(
+            &with(&format!(
+                "{base}\npeers = [{{ index = 2, address = \"127.0.0.1:1\" }}, {{ index = 2, address = \"127.0.0.1:2\" }}]"
+            )),
+            "sync.peers[1].index",
+        );
+        err(
+            &with(&format!(
+                "{base}\npeers = [{{ index = 2, address = \"x\" }}]"
+            )),
+            "sync.peers[0].address",
+        );
+        err(&format!("{MINIMAL}\nsync = 1\n"), "sync");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! - [`dataplane`]: `[dataplane]`: the TUN, its routes and the ESP workers
 //!   that own the NAT-T socket.
 //! - [`status`]: the status JSON, shared by the daemon and anyhubctl.
+//! - [`sync`]: `[sync]`: SA replication with the other nodes (sa-sync).
 
 #![deny(unsafe_code)]
 
@@ -14,5 +15,6 @@ pub mod config;
 pub mod dataplane;
 pub mod node;
 pub mod status;
+pub mod sync;
 
 pub use config::{ConfigError, DaemonConfig};

@@ -8,6 +8,9 @@
 //! - the endpoint's next timeout,
 //! - a status request (clients are served by small tasks that ask the loop
 //!   for a snapshot over a channel),
+//! - with `[sync]`, child SAs other nodes published (`sync.rs`), installed
+//!   into the same SA database; our own events are handed to the bus
+//!   without waiting,
 //! - SIGTERM / SIGINT.
 //!
 //! After every input the loop drains [`Endpoint::poll_transmit`] and
@@ -54,6 +57,8 @@ pub enum NodeError {
     StatusSocket { path: PathBuf, message: String },
     #[error("dataplane: {0}")]
     Dataplane(String),
+    #[error("{0}")]
+    Sync(String),
     #[error("cannot install the {signal} handler: {error}")]
     Signal {
         signal: &'static str,
@@ -98,6 +103,8 @@ struct Node {
     targets: Vec<Initiation>,
     /// The ESP dataplane, when `[dataplane]` is configured.
     dataplane: Option<crate::dataplane::Running>,
+    /// SA replication, when `[sync]` is configured.
+    sync: Option<crate::sync::SyncBus>,
 }
 
 async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
@@ -169,7 +176,15 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
             None
         }
     };
+    let mut sync = match &config.sync {
+        Some(s) => Some(
+            crate::sync::start(s, &config.node_name, config.node_index).map_err(NodeError::Sync)?,
+        ),
+        None => None,
+    };
+    let mut synced_rx = sync.as_mut().and_then(crate::sync::SyncBus::take_applied);
     let mut node = Node {
+        sync,
         name: config.node_name,
         index: config.node_index,
         endpoint: Endpoint::new(config.endpoint, rng),
@@ -217,6 +232,20 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
             } => {
                 node.endpoint.handle(Instant::now(), local, from, &message);
             }
+            Some(event) = async {
+                match &mut synced_rx {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let mut events = vec![event];
+                if let Some(rx) = &mut synced_rx {
+                    while let Ok(e) = rx.try_recv() {
+                        events.push(e);
+                    }
+                }
+                node.install_synced(events);
+            }
             () = tokio::time::sleep_until(wake), if deadline.is_some() => {
                 node.endpoint.handle_timeout(Instant::now());
             }
@@ -243,6 +272,9 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
         node.drive_output().await;
     }
     drop(status);
+    if let Some(s) = &node.sync {
+        s.close();
+    }
     // Stops the workers; the TUN goes with its last fd.
     drop(node.dataplane.take());
     Ok(())
@@ -340,6 +372,9 @@ impl Node {
         let mut changed = false;
         while let Some(event) = self.endpoint.poll_event() {
             log_event(&event);
+            if let Some(s) = &mut self.sync {
+                s.publish(&event, &self.endpoint);
+            }
             match self.sadb.handle_event(Instant::now(), event) {
                 Change::Refused { spi_in, error } => {
                     tracing::warn!(spi_in = %format_args!("{spi_in:08x}"), %error, "child SA not installed in the dataplane");
@@ -349,14 +384,56 @@ impl Node {
             }
         }
         if changed {
-            if let Some(d) = &self.dataplane {
-                let routes = d.dp.refresh();
-                tracing::debug!(
-                    routes = %routes.tunnels.iter().map(|(p, t)| format!("{p}->{t}")).collect::<Vec<_>>().join(","),
-                    skipped = routes.skipped,
-                    "dataplane routes"
-                );
+            self.refresh_routes();
+        }
+    }
+
+    /// The dataplane follows the SA database's routes after a change.
+    fn refresh_routes(&self) {
+        if let Some(d) = &self.dataplane {
+            let routes = d.dp.refresh();
+            tracing::debug!(
+                routes = %routes.tunnels.iter().map(|(p, t)| format!("{p}->{t}")).collect::<Vec<_>>().join(","),
+                skipped = routes.skipped,
+                "dataplane routes"
+            );
+        }
+    }
+
+    /// Child SAs other nodes published (installs and deletes), into the
+    /// same SA database as ours.
+    fn install_synced(&mut self, events: Vec<Event>) {
+        let Some(sync) = &mut self.sync else { return };
+        let mut changed = false;
+        for event in events {
+            match &event {
+                Event::ChildSaEstablished(c) => tracing::info!(
+                    tunnel = %c.tunnel,
+                    spi_in = %format_args!("{:08x}", c.spi_in),
+                    spi_out = %format_args!("{:08x}", c.spi_out),
+                    "child SA from sync"
+                ),
+                Event::ChildSaDeleted { tunnel, spi_in, .. } => tracing::info!(
+                    tunnel = %tunnel,
+                    spi_in = %format_args!("{spi_in:08x}"),
+                    "child SA deleted by sync"
+                ),
+                _ => {}
             }
+            match self.sadb.handle_event(Instant::now(), event) {
+                Change::Refused { spi_in, error } => {
+                    sync.install_refused += 1;
+                    tracing::warn!(spi_in = %format_args!("{spi_in:08x}"), %error, "synced child SA not installed");
+                }
+                Change::None => {}
+                _ => {
+                    sync.sad_applied += 1;
+                    changed = true;
+                }
+            }
+        }
+        if changed {
+            self.refresh_routes();
         }
     }
 
@@ -476,6 +553,7 @@ impl Node {
                 }
             }
         }
+        st.sync = self.sync.as_ref().map(crate::sync::SyncBus::status_json);
         if let Some(g) = self.dataplane.as_ref().and_then(|d| d.gre.as_ref()) {
             st.gre_tunnels = g
                 .iter()

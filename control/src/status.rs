@@ -102,6 +102,10 @@ pub struct Status {
     /// `[[gre]]` tunnels with their counters (absent from older daemons).
     #[serde(default)]
     pub gre_tunnels: Vec<GreTunnelStatus>,
+    /// SA replication (`[sync]`), when configured: peers, lag, counters
+    /// (control/src/sync.rs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync: Option<serde_json::Value>,
 }
 
 /// One GRE tunnel.
@@ -274,6 +278,7 @@ impl Status {
                 .collect(),
             counters,
             gre_tunnels: Vec::new(),
+            sync: None,
         }
     }
 
@@ -295,6 +300,19 @@ impl Status {
             plural(self.ike_sas.len(), "IKE SA"),
             plural(self.child_sas.len(), "child SA"),
         );
+        if let Some(s) = &self.sync {
+            let _ = writeln!(
+                out,
+                "sync: {} peer(s) connected, {}, {} SA record(s) live",
+                s["peers_connected"].as_u64().unwrap_or(0),
+                if s["caught_up"] == serde_json::Value::Bool(true) {
+                    "caught up"
+                } else {
+                    "catching up"
+                },
+                s["live"].as_u64().unwrap_or(0),
+            );
+        }
         let dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
         if !self.ike_sas.is_empty() {
             out.push('\n');

@@ -392,3 +392,119 @@ initiate = true
     b.stop();
     a.stop();
 }
+
+/// `[sync]`: B (a site, no sync) initiates to A; A and C replicate over
+/// their QUIC bus, so C, which never speaks IKE with B, lists A's child SA
+/// within seconds, and drops it when A deletes the IKE SA. Each node has a
+/// loopback address of its own (127.0.0.2..4), so the ports of the other
+/// tests do not matter.
+#[test]
+fn sync_replicates_a_child_sa() {
+    let dir = TempDir::new("sync");
+    let fleet = dir.0.join("fleet");
+    anyhub_sa_sync::fleet::init(&fleet).unwrap();
+    anyhub_sa_sync::fleet::add_node(&fleet, 1, "a").unwrap();
+    anyhub_sa_sync::fleet::add_node(&fleet, 3, "c").unwrap();
+    let (ike, bus) = (port(2), port(6));
+    let on = |cfg: String, ip: &str| cfg.replace("\"127.0.0.1\"", &format!("\"{ip}\""));
+    let responder =
+        |name: &str| RESPONDER_TUNNEL.replace("hub.example.net", &format!("{name}.example.net"));
+    // Only the lower index dials (docs/sa-sync.md): A listens on any port,
+    // C on a known one; C's entry for A is never dialled.
+    let sync = |listen: String, peer: u16, address: String, bootstrap: bool| {
+        format!(
+            "\n[sync]\nlisten = \"{listen}\"\nfleet_dir = \"fleet\"\nbootstrap = {bootstrap}\n\
+             peers = [{{ index = {peer}, address = \"{address}\" }}]\n"
+        )
+    };
+    let a_cfg = on(config(&dir.0, "a", 1, ike, &responder("a")), "127.0.0.2")
+        + &sync("127.0.0.2:0".into(), 3, format!("127.0.0.4:{bus}"), true);
+    let c_cfg = on(config(&dir.0, "c", 3, ike, &responder("a")), "127.0.0.4")
+        + &sync(format!("127.0.0.4:{bus}"), 1, "127.0.0.2:9".into(), false);
+    let b_tunnel = format!(
+        r#"
+[[tunnel]]
+id = "to-hub"
+local_id = "site-a.example.net"
+remote_id = "a.example.net"
+psk = "a long secret"
+local_ts = ["10.10.0.0/24"]
+remote_ts = ["10.20.0.0/24"]
+remote_address = "127.0.0.2:{ike}"
+"#
+    );
+    let a = Daemon::start(&dir.0, "a", &a_cfg);
+    let c = Daemon::start(&dir.0, "c", &c_cfg);
+    let wait = |what: &str, secs: u64, ok: &dyn Fn() -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !ok() {
+            assert!(
+                Instant::now() < deadline,
+                "{what}:\nA: {}\nC: {}\nA log:\n{}\nC log:\n{}",
+                a.status(),
+                c.status(),
+                a.log(),
+                c.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    wait("the bus never came up", 10, &|| {
+        [&a, &c].iter().all(|d| {
+            let s = d.status();
+            s["sync"]["peers_connected"] == 1 && s["sync"]["caught_up"] == true
+        })
+    });
+    let b = Daemon::start(
+        &dir.0,
+        "b",
+        &on(config(&dir.0, "b", 2, ike, &b_tunnel), "127.0.0.3"),
+    );
+    assert!(
+        b.status().get("sync").is_none(),
+        "no [sync], no sync object"
+    );
+    assert!(b.ctl(&["initiate", "to-hub"]).status.success());
+    wait("no tunnel between B and A", 5, &|| {
+        a.status()["child_sas"]
+            .as_array()
+            .is_some_and(|v| v.len() == 1)
+    });
+    let child = a.status()["child_sas"][0].clone();
+    wait("C never received A's child SA", 5, &|| {
+        let s = c.status();
+        s["child_sas"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x["spi_in"] == child["spi_in"]))
+    });
+    let sc = c.status();
+    let copy = &sc["child_sas"][0];
+    for k in [
+        "tunnel",
+        "spi_out",
+        "proposal",
+        "local_ts",
+        "remote_ts",
+        "encap",
+    ] {
+        assert_eq!(copy[k], child[k], "{k}");
+    }
+    assert_eq!(sc["ike_sas"], serde_json::json!([]), "C speaks no IKE");
+    assert!(
+        sc["sync"]["counters"]["sad_applied"].as_u64() >= Some(1),
+        "{sc}"
+    );
+    assert_eq!(sc["sync"]["counters"]["install_refused"], 0, "{sc}");
+    assert!(a.status()["sync"]["counters"]["queued"].as_u64() >= Some(1));
+    assert!(!c.log().contains("a long secret"), "the PSK was logged");
+    // A deletes the IKE SA: its child SAs' tombstones reach C.
+    assert!(a.ctl(&["terminate", "site-a", "ike"]).status.success());
+    wait("C kept the child SA after A deleted its IKE SA", 5, &|| {
+        c.status()["child_sas"]
+            .as_array()
+            .is_some_and(|v| v.is_empty())
+    });
+    b.stop();
+    c.stop();
+    a.stop();
+}

@@ -186,8 +186,24 @@ impl Anyhubd {
         cpu: Option<usize>,
     ) -> Result<Anyhubd> {
         let socket = dir.join("anyhubd.sock");
+        let text = config_toml(listen, tunnels, &socket, ike_extra);
+        Anyhubd::start_text(ns, dir, bins, &text, level, cpu)
+    }
+
+    /// Starts anyhubd in `ns` with the config `text` (written to
+    /// `dir/anyhubd.toml`, its status socket `dir/anyhubd.sock`, its log
+    /// `dir/anyhubd.log`), as [`Anyhubd::start_with`].
+    pub fn start_text(
+        ns: &str,
+        dir: &Path,
+        bins: &Binaries,
+        text: &str,
+        level: &str,
+        cpu: Option<usize>,
+    ) -> Result<Anyhubd> {
+        let socket = dir.join("anyhubd.sock");
         let config = dir.join("anyhubd.toml");
-        fs::write(&config, config_toml(listen, tunnels, &socket, ike_extra))?;
+        fs::write(&config, text)?;
 
         let mut check = Command::new(&bins.anyhubd);
         check.arg("--config").arg(&config).arg("--check");
@@ -310,6 +326,8 @@ pub struct HubStatus {
     pub half_open: usize,
     /// `[[gre]]` tunnels: (id, in packets, out packets, keepalives).
     pub gre: Vec<(String, u64, u64, u64)>,
+    /// The `sync` object (`[sync]` configured), as printed.
+    pub sync: Option<Value>,
 }
 
 #[derive(Clone, Debug)]
@@ -406,6 +424,7 @@ impl HubStatus {
             map.insert(k.clone(), n);
         }
         st.counters = Some(map);
+        st.sync = v.get("sync").filter(|s| !s.is_null()).cloned();
         for (i, g) in v
             .get("gre_tunnels")
             .and_then(Value::as_array)

@@ -143,7 +143,7 @@ fn strings(v: &[&str]) -> Vec<String> {
     v.iter().map(|s| s.to_string()).collect()
 }
 
-fn site_conn(name: &str) -> SwanConn {
+pub(crate) fn site_conn(name: &str) -> SwanConn {
     SwanConn {
         name: name.into(),
         child: name.into(),
@@ -163,7 +163,7 @@ fn site_conn(name: &str) -> SwanConn {
     }
 }
 
-fn hub_tunnel(id: &str) -> Tunnel {
+pub(crate) fn hub_tunnel(id: &str) -> Tunnel {
     Tunnel {
         id: id.into(),
         local_id: HUB_ID.into(),

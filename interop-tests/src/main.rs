@@ -30,6 +30,7 @@ mod lab;
 mod pairs;
 mod pki;
 mod strongswan;
+mod sync_cases;
 mod sys;
 mod traffic;
 
@@ -219,7 +220,11 @@ fn run_suite(args: &Args, kind: HubKind) -> ExitCode {
         .into_iter()
         .filter(|c| matches(&c.name))
         .collect();
-    if selected.is_empty() && pair_cases.is_empty() {
+    let sync_cases: Vec<sync_cases::SyncCase> = sync_cases::all()
+        .into_iter()
+        .filter(|c| matches(&c.name))
+        .collect();
+    if selected.is_empty() && pair_cases.is_empty() && sync_cases.is_empty() {
         eprintln!(
             "interop: no case matches --filter {:?}",
             args.filter.as_deref().unwrap_or("")
@@ -249,6 +254,23 @@ fn run_suite(args: &Args, kind: HubKind) -> ExitCode {
             continue;
         };
         let outcome = pairs::run(case, bins, args.keep_logs.as_deref());
+        print_outcome(&case.name, &outcome);
+        if outcome.failure.is_some() {
+            failed += 1;
+        } else {
+            passed += 1;
+        }
+    }
+    for case in &sync_cases {
+        let HubKind::Anyhub(bins) = kind else {
+            println!(
+                "SKIP {}: anyhubd only (anyhubd nodes replicating)",
+                case.name
+            );
+            skipped += 1;
+            continue;
+        };
+        let outcome = sync_cases::run(case, bins, args.keep_logs.as_deref());
         print_outcome(&case.name, &outcome);
         if outcome.failure.is_some() {
             failed += 1;
@@ -289,6 +311,9 @@ fn main() -> ExitCode {
             println!("{}", c.name);
         }
         for c in pairs::all() {
+            println!("{}", c.name);
+        }
+        for c in sync_cases::all() {
             println!("{}", c.name);
         }
         return ExitCode::SUCCESS;
