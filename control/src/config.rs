@@ -1482,7 +1482,7 @@ remote_ts = ["10.10.0.0/24"]
             )),
             "sync.peers[0].address",
         );
-        err(&format!("{MINIMAL}\nsync = 1\n"), "sync");
+        err(&format!("sync = 1\n{MINIMAL}"), "sync");
     }
 
     #[test]

@@ -69,7 +69,7 @@ fn drive(bins: &Binaries, lab: &Lab) -> Result<()> {
     for (i, name) in NAMES.iter().enumerate() {
         anyhub_sa_sync::fleet::add_node(&fleet, i as u16 + 1, name).context("fleet add-node")?;
     }
-    let mut site = Charon::start_with(&lab.site_ns, &lab.site_dir(), &[])
+    let site = Charon::start_with(&lab.site_ns, &lab.site_dir(), &[])
         .context("starting the site's charon")?;
     site.load(&[site_conn("site")]).context("site")?;
 
