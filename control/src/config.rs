@@ -103,7 +103,33 @@ pub struct SyncConfig {
     pub fleet_dir: PathBuf,
     /// The first node of a new fleet (nobody to take a snapshot from).
     pub bootstrap: bool,
+    /// Which nodes must hold a child SA we negotiated as responder before
+    /// the response that lets the peer use it leaves (DESIGN.md: no
+    /// "invalid SPI" window after a rekey).
+    pub barrier: BarrierPolicy,
+    /// How long a response may be held for the barrier; then it is sent
+    /// anyway (and counted as `barrier_timed_out`).
+    pub barrier_timeout: Duration,
 }
+
+/// `[sync] barrier`: whose acknowledgement a new child SA waits for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BarrierPolicy {
+    /// Send responses at once (replication still runs behind them).
+    None,
+    /// Every configured peer (`"all"`, the default).
+    All,
+    /// A majority of the fleet, counting this node (`"quorum"`).
+    Quorum,
+    /// These nodes (`[2, 3]`: e.g. the nodes of this site).
+    Nodes(Vec<u16>),
+}
+
+/// The default `[sync] barrier_timeout_ms`.
+pub const DEFAULT_BARRIER_TIMEOUT: Duration = Duration::from_millis(1000);
+/// The longest allowed hold: below the 2 s a peer's first IKE retransmit
+/// usually takes (strongSwan: 4 s).
+pub const MAX_BARRIER_TIMEOUT: Duration = Duration::from_millis(2000);
 
 /// `[dataplane]`: the node's local side (a TUN device) and its workers.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -276,6 +302,8 @@ struct RawSync {
     peers: Option<Vec<RawSyncPeer>>,
     fleet_dir: PathBuf,
     bootstrap: Option<bool>,
+    barrier: Option<toml::Value>,
+    barrier_timeout_ms: Option<i64>,
 }
 
 #[derive(Deserialize)]
@@ -696,11 +724,77 @@ fn sync(s: RawSync, me: u16, base: &Path) -> Result<SyncConfig> {
     if s.fleet_dir.as_os_str().is_empty() {
         return Err(FieldError::new("sync.fleet_dir", "must not be empty"));
     }
+    let barrier = match &s.barrier {
+        None => BarrierPolicy::All,
+        Some(toml::Value::String(v)) => match v.as_str() {
+            "all" => BarrierPolicy::All,
+            "quorum" => BarrierPolicy::Quorum,
+            "none" => BarrierPolicy::None,
+            other => {
+                return Err(FieldError::new(
+                    "sync.barrier",
+                    format!(
+                        "'{}': expected \"all\", \"quorum\", \"none\" or an array of node indices",
+                        shorten(other)
+                    ),
+                ))
+            }
+        },
+        Some(toml::Value::Array(a)) => {
+            let mut nodes = Vec::new();
+            for (i, v) in a.iter().enumerate() {
+                let n = v
+                    .as_integer()
+                    .and_then(|n| u16::try_from(n).ok())
+                    .filter(|n| *n != me && peers.iter().any(|(p, _)| p == n))
+                    .ok_or_else(|| {
+                        FieldError::new(
+                            format!("sync.barrier[{i}]"),
+                            format!("{v} is not the index of a node in sync.peers"),
+                        )
+                    })?;
+                if !nodes.contains(&n) {
+                    nodes.push(n);
+                }
+            }
+            if nodes.is_empty() {
+                return Err(FieldError::new(
+                    "sync.barrier",
+                    "an empty list: use \"none\" to send responses at once",
+                ));
+            }
+            BarrierPolicy::Nodes(nodes)
+        }
+        Some(other) => {
+            return Err(FieldError::new(
+                "sync.barrier",
+                format!(
+                    "expected \"all\", \"quorum\", \"none\" or an array of node indices, got a {}",
+                    other.type_str()
+                ),
+            ))
+        }
+    };
+    let barrier_timeout = match s.barrier_timeout_ms {
+        None => DEFAULT_BARRIER_TIMEOUT,
+        Some(ms) => u64::try_from(ms)
+            .ok()
+            .map(Duration::from_millis)
+            .filter(|d| !d.is_zero() && *d <= MAX_BARRIER_TIMEOUT)
+            .ok_or_else(|| {
+                FieldError::new(
+                    "sync.barrier_timeout_ms",
+                    format!("must be 1..={}, got {ms}", MAX_BARRIER_TIMEOUT.as_millis()),
+                )
+            })?,
+    };
     Ok(SyncConfig {
         listen,
         peers,
         fleet_dir: base.join(s.fleet_dir),
         bootstrap: s.bootstrap.unwrap_or(false),
+        barrier,
+        barrier_timeout,
     })
 }
 
@@ -1447,8 +1541,37 @@ remote_ts = ["10.10.0.0/24"]
                 peers: vec![(2, "127.0.0.1:7002".parse().unwrap())],
                 fleet_dir: Path::new(FILE).parent().unwrap().join("fleet"),
                 bootstrap: true,
+                barrier: BarrierPolicy::All,
+                barrier_timeout: DEFAULT_BARRIER_TIMEOUT,
             }
         );
+        let peers2 = "peers = [{ index = 2, address = \"127.0.0.1:7002\" }, { index = 3, address = \"127.0.0.1:7003\" }]";
+        let b = |line: &str| {
+            ok(&with(&format!("{base}\n{peers2}\n{line}")))
+                .sync
+                .unwrap()
+        };
+        assert_eq!(b("barrier = \"quorum\"").barrier, BarrierPolicy::Quorum);
+        assert_eq!(b("barrier = \"none\"").barrier, BarrierPolicy::None);
+        assert_eq!(
+            b("barrier = [3, 2, 3]").barrier,
+            BarrierPolicy::Nodes(vec![3, 2])
+        );
+        assert_eq!(
+            b("barrier_timeout_ms = 250").barrier_timeout,
+            Duration::from_millis(250)
+        );
+        for (line, field) in [
+            ("barrier = \"most\"", "sync.barrier"),
+            ("barrier = []", "sync.barrier"),
+            ("barrier = 2", "sync.barrier"),
+            ("barrier = [2, 4]", "sync.barrier[1]"),
+            ("barrier = [1]", "sync.barrier[0]"),
+            ("barrier_timeout_ms = 0", "sync.barrier_timeout_ms"),
+            ("barrier_timeout_ms = 2001", "sync.barrier_timeout_ms"),
+        ] {
+            err(&with(&format!("{base}\n{peers2}\n{line}")), field);
+        }
         assert!(!ok(&with(base)).sync.unwrap().bootstrap);
         err(&with("fleet_dir = \"f\""), "sync");
         err(

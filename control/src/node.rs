@@ -105,6 +105,23 @@ struct Node {
     dataplane: Option<crate::dataplane::Running>,
     /// SA replication, when `[sync]` is configured.
     sync: Option<crate::sync::SyncBus>,
+    /// IKE SAs (by SPIs) whose messages wait for a sync barrier: how many
+    /// barriers are open and the messages in the order they were made.
+    held: std::collections::HashMap<(u64, u64), Held>,
+}
+
+/// One IKE SA's messages held for its child SAs' barriers.
+#[derive(Default)]
+struct Held {
+    open: usize,
+    messages: Vec<Transmit>,
+}
+
+/// The IKE SPIs of a message (RFC 7296 §3.1: the header starts with them).
+fn ike_spis_of(payload: &[u8]) -> Option<(u64, u64)> {
+    let i = u64::from_be_bytes(payload.get(..8)?.try_into().ok()?);
+    let r = u64::from_be_bytes(payload.get(8..16)?.try_into().ok()?);
+    Some((i, r))
 }
 
 async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
@@ -176,15 +193,26 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
             None
         }
     };
+    // Sync installs other nodes' child SAs itself; the loop then only
+    // recomputes routes (coalesced).
+    let routes_changed = std::sync::Arc::new(tokio::sync::Notify::new());
     let mut sync = match &config.sync {
         Some(s) => Some(
-            crate::sync::start(s, &config.node_name, config.node_index).map_err(NodeError::Sync)?,
+            crate::sync::start(
+                s,
+                &config.node_name,
+                config.node_index,
+                sadb.clone(),
+                routes_changed.clone(),
+            )
+            .map_err(NodeError::Sync)?,
         ),
         None => None,
     };
-    let mut synced_rx = sync.as_mut().and_then(crate::sync::SyncBus::take_applied);
+    let mut barrier_rx = sync.as_mut().and_then(crate::sync::SyncBus::take_barriers);
     let mut node = Node {
         sync,
+        held: std::collections::HashMap::new(),
         name: config.node_name,
         index: config.node_index,
         endpoint: Endpoint::new(config.endpoint, rng),
@@ -232,19 +260,14 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
             } => {
                 node.endpoint.handle(Instant::now(), local, from, &message);
             }
-            Some(event) = async {
-                match &mut synced_rx {
+            () = routes_changed.notified() => node.refresh_routes(),
+            Some(done) = async {
+                match &mut barrier_rx {
                     Some(rx) => rx.recv().await,
                     None => std::future::pending().await,
                 }
             } => {
-                let mut events = vec![event];
-                if let Some(rx) = &mut synced_rx {
-                    while let Ok(e) = rx.try_recv() {
-                        events.push(e);
-                    }
-                }
-                node.install_synced(events);
+                node.barrier_done(done).await;
             }
             () = tokio::time::sleep_until(wake), if deadline.is_some() => {
                 node.endpoint.handle_timeout(Instant::now());
@@ -366,14 +389,17 @@ impl Node {
 
     /// Sends everything the endpoint queued and applies its events.
     async fn drive_output(&mut self) {
-        while let Some(t) = self.endpoint.poll_transmit() {
-            self.send(&t).await;
-        }
+        // Events first: a child SA that waits for a sync barrier holds its
+        // IKE SA's messages made in the same step (the response that lets
+        // the peer use it), and the local SA database has it before any
+        // message leaves.
         let mut changed = false;
         while let Some(event) = self.endpoint.poll_event() {
             log_event(&event);
             if let Some(s) = &mut self.sync {
-                s.publish(&event, &self.endpoint);
+                if let Some(ike) = s.publish(&event, &self.endpoint) {
+                    self.held.entry(ike).or_default().open += 1;
+                }
             }
             match self.sadb.handle_event(Instant::now(), event) {
                 Change::Refused { spi_in, error } => {
@@ -386,6 +412,52 @@ impl Node {
         if changed {
             self.refresh_routes();
         }
+        while let Some(t) = self.endpoint.poll_transmit() {
+            if !self.held.is_empty() {
+                if let Some(h) = ike_spis_of(&t.payload).and_then(|k| self.held.get_mut(&k)) {
+                    h.messages.push(t);
+                    continue;
+                }
+            }
+            self.send(&t).await;
+        }
+    }
+
+    /// A barrier ended: once its IKE SA has no other open barrier, its
+    /// held messages go out in order.
+    async fn barrier_done(&mut self, done: crate::sync::BarrierDone) {
+        if let Some(s) = &mut self.sync {
+            s.note_barrier(&done);
+        }
+        let outcome = match done.outcome {
+            Some(o) => format!("{o:?}"),
+            None => "failed".into(),
+        };
+        tracing::info!(
+            spi_in = %format_args!("{:08x}", done.spi_in),
+            outcome,
+            acked = ?done.acked,
+            elapsed_ms = done.elapsed_ms,
+            "sync barrier"
+        );
+        let Some(h) = self.held.get_mut(&done.ike) else {
+            return;
+        };
+        h.open = h.open.saturating_sub(1);
+        if h.open > 0 {
+            return;
+        }
+        let messages = self
+            .held
+            .remove(&done.ike)
+            .map(|h| h.messages)
+            .unwrap_or_default();
+        if let Some(s) = &mut self.sync {
+            s.held_messages += messages.len() as u64;
+        }
+        for t in &messages {
+            self.send(t).await;
+        }
     }
 
     /// The dataplane follows the SA database's routes after a change.
@@ -397,43 +469,6 @@ impl Node {
                 skipped = routes.skipped,
                 "dataplane routes"
             );
-        }
-    }
-
-    /// Child SAs other nodes published (installs and deletes), into the
-    /// same SA database as ours.
-    fn install_synced(&mut self, events: Vec<Event>) {
-        let Some(sync) = &mut self.sync else { return };
-        let mut changed = false;
-        for event in events {
-            match &event {
-                Event::ChildSaEstablished(c) => tracing::info!(
-                    tunnel = %c.tunnel,
-                    spi_in = %format_args!("{:08x}", c.spi_in),
-                    spi_out = %format_args!("{:08x}", c.spi_out),
-                    "child SA from sync"
-                ),
-                Event::ChildSaDeleted { tunnel, spi_in, .. } => tracing::info!(
-                    tunnel = %tunnel,
-                    spi_in = %format_args!("{spi_in:08x}"),
-                    "child SA deleted by sync"
-                ),
-                _ => {}
-            }
-            match self.sadb.handle_event(Instant::now(), event) {
-                Change::Refused { spi_in, error } => {
-                    sync.install_refused += 1;
-                    tracing::warn!(spi_in = %format_args!("{spi_in:08x}"), %error, "synced child SA not installed");
-                }
-                Change::None => {}
-                _ => {
-                    sync.sad_applied += 1;
-                    changed = true;
-                }
-            }
-        }
-        if changed {
-            self.refresh_routes();
         }
     }
 

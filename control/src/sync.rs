@@ -3,23 +3,30 @@
 //! - Outbound: every event of our IKE endpoint that the SA database takes
 //!   is mapped to a bus write ([`convert::publish_for`]) and queued to one
 //!   writer task, which hands them to the bus in order. The IKE loop only
-//!   pushes onto a channel: it never waits for the bus (no barrier yet).
+//!   pushes onto a channel: it never waits for the bus.
+//! - Barrier (`[sync] barrier`): a child SA we just negotiated is written
+//!   with a barrier; the loop holds that IKE SA's outgoing messages (the
+//!   response that lets the peer use the SA, and anything after it) until
+//!   [`BarrierDone`] arrives for it — reached, timed out or failed — and
+//!   then sends them in order. Other IKE SAs are not held.
 //! - Inbound: the bus actor turns every record another node applied into
 //!   the `anyhub_ike::Event` the SA database takes
-//!   ([`convert::dataplane_event`]) and sends it to the loop
-//!   ([`Sync::take_applied`]), which installs it like a local one.
+//!   ([`convert::dataplane_event`]) and installs it there at once, before
+//!   the bus acknowledges the record; the loop is only told to recompute
+//!   the dataplane's routes.
 //! - Status: a task asks the bus for its state every
 //!   [`STATUS_INTERVAL`]; `anyhubctl status` shows the latest.
 
-use crate::config::SyncConfig;
+use crate::config::{BarrierPolicy, SyncConfig};
+use anyhub_dataplane::{Change, Sad};
 use anyhub_ike::{Endpoint, Event, IkeSaHandle};
 use anyhub_sa_sync::convert::{self, Publish};
 use anyhub_sa_sync::quic::{now_ms, Bus, BusConfig, Identity};
-use anyhub_sa_sync::Config;
+use anyhub_sa_sync::{BarrierOutcome, Config, WaitFor};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use tokio::sync::mpsc;
+use std::time::{Duration, Instant};
+use tokio::sync::{mpsc, Notify};
 
 /// How often the status snapshot is refreshed.
 pub const STATUS_INTERVAL: Duration = Duration::from_millis(250);
@@ -34,32 +41,73 @@ struct Shared {
     publish_errors: u64,
     /// Records from other nodes that do not convert to an SA.
     records_refused: u64,
+    /// Records from other nodes installed in / refused by the SA database.
+    sad_applied: u64,
+    install_refused: u64,
+}
+
+/// One IKE SA's messages are held until this arrives (`ike` = its SPIs).
+#[derive(Debug)]
+pub struct BarrierDone {
+    pub ike: (u64, u64),
+    pub spi_in: u32,
+    /// `None`: the bus refused the write or stopped.
+    pub outcome: Option<BarrierOutcome>,
+    pub acked: Vec<u16>,
+    pub elapsed_ms: u64,
+}
+
+/// What the writer task hands to the bus, in the loop's order.
+enum Write {
+    Plain(Publish),
+    /// A child SA write whose barrier the loop waits for.
+    Barrier {
+        publish: Publish,
+        ike: (u64, u64),
+        spi_in: u32,
+    },
 }
 
 /// A running sync: the bus and the loop's ends of its channels.
 pub struct SyncBus {
     bus: Bus,
     index: u16,
-    writes: mpsc::UnboundedSender<Publish>,
-    applied: Option<mpsc::UnboundedReceiver<Event>>,
+    writes: mpsc::UnboundedSender<Write>,
+    barriers: Option<mpsc::UnboundedReceiver<BarrierDone>>,
     shared: Arc<Mutex<Shared>>,
+    /// `None`: responses are not held.
+    wait: Option<WaitFor>,
+    policy: BarrierPolicy,
     /// Bus writes queued by the loop.
     pub queued: u64,
-    /// Records from other nodes installed in / refused by the SA database.
-    pub sad_applied: u64,
-    pub install_refused: u64,
+    /// Barriers by outcome, and the longest hold seen.
+    pub barrier_reached: u64,
+    pub barrier_timed_out: u64,
+    pub barrier_failed: u64,
+    pub barrier_max_ms: u64,
+    /// IKE messages that waited for a barrier before they were sent.
+    pub held_messages: u64,
 }
 
 /// Starts the bus (on the current tokio runtime) with `name`'s fleet
 /// certificate. Errors name the field.
-pub fn start(cfg: &SyncConfig, name: &str, index: u16) -> Result<SyncBus, String> {
+pub fn start(
+    cfg: &SyncConfig,
+    name: &str,
+    index: u16,
+    sadb: Arc<Sad>,
+    routes_changed: Arc<Notify>,
+) -> Result<SyncBus, String> {
     let identity =
         Identity::load(&cfg.fleet_dir, name).map_err(|e| format!("sync.fleet_dir: {e}"))?;
     // New per process start: peers tell a restart from a reconnect.
     let incarnation = now_ms() ^ (u64::from(std::process::id()) << 40);
     let shared = Arc::new(Mutex::new(Shared::default()));
-    let (applied_tx, applied_rx) = mpsc::unbounded_channel();
     let on_event_shared = shared.clone();
+    // Installed here, in the bus's task, before the bus acknowledges the
+    // record (quic.rs sends frames after events): another node's barrier
+    // then means the SA is in our dataplane. Routes for outbound traffic
+    // are recomputed by the loop, coalesced ([`Notify`]).
     let bus = Bus::start(
         BusConfig {
             core: Config::new(index, incarnation),
@@ -71,8 +119,18 @@ pub fn start(cfg: &SyncConfig, name: &str, index: u16) -> Result<SyncBus, String
         },
         move |ev| match convert::dataplane_event(ev) {
             Some(Ok(e)) => {
-                // The loop is gone only when the node stops.
-                let _ = applied_tx.send(e);
+                log_synced(&e);
+                match sadb.handle_event(Instant::now(), e) {
+                    Change::Refused { spi_in, error } => {
+                        lock(&on_event_shared).install_refused += 1;
+                        tracing::warn!(spi_in = %format_args!("{spi_in:08x}"), %error, "synced child SA not installed");
+                    }
+                    Change::None => {}
+                    _ => {
+                        lock(&on_event_shared).sad_applied += 1;
+                        routes_changed.notify_one();
+                    }
+                }
             }
             Some(Err(error)) => {
                 lock(&on_event_shared).records_refused += 1;
@@ -88,11 +146,71 @@ pub fn start(cfg: &SyncConfig, name: &str, index: u16) -> Result<SyncBus, String
     tracing::info!(listen = %bus.local_addr(), peers = cfg.peers.len(), bootstrap = cfg.bootstrap, "sync bus running");
 
     // One writer, so the bus sees the writes in the loop's order.
-    let (writes, mut writes_rx) = mpsc::unbounded_channel::<Publish>();
+    let (writes, mut writes_rx) = mpsc::unbounded_channel::<Write>();
+    let (barrier_tx, barrier_rx) = mpsc::unbounded_channel();
+    let wait = match &cfg.barrier {
+        BarrierPolicy::None => None,
+        BarrierPolicy::All => Some(WaitFor::All),
+        BarrierPolicy::Quorum => Some(WaitFor::Quorum),
+        BarrierPolicy::Nodes(n) => Some(WaitFor::Set(n.clone())),
+    };
+    let timeout_ms = cfg.barrier_timeout.as_millis() as u64;
     let wbus = bus.clone();
     let wshared = shared.clone();
+    let bwait = wait.clone();
     tokio::spawn(async move {
-        while let Some(p) = writes_rx.recv().await {
+        while let Some(w) = writes_rx.recv().await {
+            let p = match w {
+                Write::Plain(p) => p,
+                Write::Barrier {
+                    publish:
+                        Publish::Write {
+                            key,
+                            body,
+                            expires_ms,
+                        },
+                    ike,
+                    spi_in,
+                } => {
+                    // Handed to the bus now (in order); awaited aside, so
+                    // one slow barrier never delays the next write.
+                    let started = bwait.clone().ok_or(()).and_then(|w| {
+                        wbus.start_barrier(key, *body, expires_ms, w, timeout_ms)
+                            .map_err(drop)
+                    });
+                    let tx = barrier_tx.clone();
+                    let bshared = wshared.clone();
+                    tokio::spawn(async move {
+                        let res = match started {
+                            Ok(f) => f.await.map_err(|e| e.to_string()),
+                            Err(()) => Err("the bus stopped".into()),
+                        };
+                        let done = match res {
+                            Ok(b) => BarrierDone {
+                                ike,
+                                spi_in,
+                                outcome: Some(b.outcome),
+                                acked: b.acked,
+                                elapsed_ms: b.elapsed_ms,
+                            },
+                            Err(error) => {
+                                lock(&bshared).publish_errors += 1;
+                                tracing::warn!(%error, "sync: barrier write refused");
+                                BarrierDone {
+                                    ike,
+                                    spi_in,
+                                    outcome: None,
+                                    acked: Vec::new(),
+                                    elapsed_ms: 0,
+                                }
+                            }
+                        };
+                        let _ = tx.send(done);
+                    });
+                    continue;
+                }
+                Write::Barrier { publish, .. } => publish,
+            };
             let res = match p {
                 Publish::Write {
                     key,
@@ -126,12 +244,34 @@ pub fn start(cfg: &SyncConfig, name: &str, index: u16) -> Result<SyncBus, String
         bus,
         index,
         writes,
-        applied: Some(applied_rx),
+        barriers: Some(barrier_rx),
         shared,
+        wait,
+        policy: cfg.barrier.clone(),
         queued: 0,
-        sad_applied: 0,
-        install_refused: 0,
+        barrier_reached: 0,
+        barrier_timed_out: 0,
+        barrier_failed: 0,
+        barrier_max_ms: 0,
+        held_messages: 0,
     })
+}
+
+fn log_synced(event: &Event) {
+    match event {
+        Event::ChildSaEstablished(c) => tracing::info!(
+            tunnel = %c.tunnel,
+            spi_in = %format_args!("{:08x}", c.spi_in),
+            spi_out = %format_args!("{:08x}", c.spi_out),
+            "child SA from sync"
+        ),
+        Event::ChildSaDeleted { tunnel, spi_in, .. } => tracing::info!(
+            tunnel = %tunnel,
+            spi_in = %format_args!("{spi_in:08x}"),
+            "child SA deleted by sync"
+        ),
+        _ => {}
+    }
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -140,15 +280,26 @@ fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 }
 
 impl SyncBus {
-    /// The receiver of records other nodes published, as SA database
-    /// events (once; the loop owns it).
-    pub fn take_applied(&mut self) -> Option<mpsc::UnboundedReceiver<Event>> {
-        self.applied.take()
+    /// The receiver of barrier outcomes (once; the loop owns it).
+    pub fn take_barriers(&mut self) -> Option<mpsc::UnboundedReceiver<BarrierDone>> {
+        self.barriers.take()
+    }
+
+    /// Counts a barrier's outcome.
+    pub fn note_barrier(&mut self, done: &BarrierDone) {
+        match done.outcome {
+            Some(BarrierOutcome::Reached) => self.barrier_reached += 1,
+            Some(BarrierOutcome::TimedOut) => self.barrier_timed_out += 1,
+            None => self.barrier_failed += 1,
+        }
+        self.barrier_max_ms = self.barrier_max_ms.max(done.elapsed_ms);
     }
 
     /// Queues the bus write for a local event (before the SA database
-    /// takes it). Never waits.
-    pub fn publish(&mut self, ev: &Event, endpoint: &Endpoint) {
+    /// takes it). Never waits. Returns the IKE SA (its SPIs) whose
+    /// messages must wait for a barrier: a new child SA with a barrier
+    /// configured.
+    pub fn publish(&mut self, ev: &Event, endpoint: &Endpoint) -> Option<(u64, u64)> {
         // An IKE SA's delete event comes after it left the endpoint: its
         // SPIs are in the event.
         let spis = |h: IkeSaHandle| match ev {
@@ -163,11 +314,24 @@ impl SyncBus {
                 .find(|s| s.handle == h)
                 .map(|s| (s.spi_i, s.spi_r)),
         };
-        if let Some(p) = convert::publish_for(ev, spis, self.index, now_ms()) {
-            self.queued += 1;
-            // The writer stops only with the runtime.
-            let _ = self.writes.send(p);
-        }
+        let p = convert::publish_for(ev, spis, self.index, now_ms())?;
+        self.queued += 1;
+        let held = match (ev, &p, &self.wait) {
+            (Event::ChildSaEstablished(c), Publish::Write { .. }, Some(_)) => {
+                spis(c.ike).map(|ike| (ike, c.spi_in))
+            }
+            _ => None,
+        };
+        // The writer stops only with the runtime.
+        let _ = self.writes.send(match held {
+            Some((ike, spi_in)) => Write::Barrier {
+                publish: p,
+                ike,
+                spi_in,
+            },
+            None => Write::Plain(p),
+        });
+        held.map(|(ike, _)| ike)
     }
 
     /// The `sync` object of `anyhubctl status --json`.
@@ -175,8 +339,13 @@ impl SyncBus {
         let shared = lock(&self.shared);
         let mut counters = json!({
             "queued": self.queued,
-            "sad_applied": self.sad_applied,
-            "install_refused": self.install_refused,
+            "sad_applied": shared.sad_applied,
+            "install_refused": shared.install_refused,
+            "barrier_reached": self.barrier_reached,
+            "barrier_timed_out": self.barrier_timed_out,
+            "barrier_failed": self.barrier_failed,
+            "barrier_max_ms": self.barrier_max_ms,
+            "held_messages": self.held_messages,
             "publish_errors": shared.publish_errors,
             "records_refused": shared.records_refused,
         });
@@ -215,6 +384,7 @@ impl SyncBus {
             "node": st.node,
             "listen": self.bus.local_addr().to_string(),
             "running": true,
+            "barrier": self.barrier_json(),
             "bootstrapped": st.bootstrapped,
             "head": st.head,
             "entries": st.entries,
@@ -225,6 +395,15 @@ impl SyncBus {
             "peers": peers,
             "counters": counters,
         })
+    }
+
+    fn barrier_json(&self) -> serde_json::Value {
+        match &self.policy {
+            BarrierPolicy::None => json!("none"),
+            BarrierPolicy::All => json!("all"),
+            BarrierPolicy::Quorum => json!("quorum"),
+            BarrierPolicy::Nodes(n) => json!(n),
+        }
     }
 
     /// Closes every connection (peers see us go at once).

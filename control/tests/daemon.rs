@@ -465,19 +465,30 @@ remote_address = "127.0.0.2:{ike}"
         "no [sync], no sync object"
     );
     assert!(b.ctl(&["initiate", "to-hub"]).status.success());
+    // The site learns of its child SA from A's IKE_AUTH response, which A
+    // holds until C has installed the SA (barrier "all", the default): so
+    // the moment B lists it, C must hold it already — no waiting here.
     wait("no tunnel between B and A", 5, &|| {
-        a.status()["child_sas"]
+        b.status()["child_sas"]
             .as_array()
             .is_some_and(|v| v.len() == 1)
     });
-    let child = a.status()["child_sas"][0].clone();
-    wait("C never received A's child SA", 5, &|| {
-        let s = c.status();
-        s["child_sas"]
-            .as_array()
-            .is_some_and(|v| v.iter().any(|x| x["spi_in"] == child["spi_in"]))
-    });
     let sc = c.status();
+    let child = a.status()["child_sas"][0].clone();
+    assert!(
+        sc["child_sas"]
+            .as_array()
+            .is_some_and(|v| v.iter().any(|x| x["spi_in"] == child["spi_in"])),
+        "B uses the child SA before C holds it: the barrier did not hold A's response\nC: {sc}"
+    );
+    let sa = a.status();
+    assert_eq!(sa["sync"]["barrier"], "all", "{sa}");
+    assert_eq!(sa["sync"]["counters"]["barrier_reached"], 1, "{sa}");
+    assert_eq!(sa["sync"]["counters"]["barrier_timed_out"], 0, "{sa}");
+    assert!(
+        sa["sync"]["counters"]["held_messages"].as_u64() >= Some(1),
+        "the IKE_AUTH response was not held: {sa}"
+    );
     let copy = &sc["child_sas"][0];
     for k in [
         "tunnel",
@@ -507,4 +518,81 @@ remote_address = "127.0.0.2:{ike}"
     b.stop();
     c.stop();
     a.stop();
+}
+
+/// `[sync] barrier`: A's only peer (node 3) never comes up, so the barrier
+/// for B's child SA cannot be reached. A holds its IKE_AUTH response for
+/// `barrier_timeout_ms`, then sends it anyway: the tunnel comes up, and the
+/// timeout is counted. With `barrier = "none"` nothing is held.
+#[test]
+fn sync_barrier_times_out_without_its_peer() {
+    let dir = TempDir::new("barrier");
+    let fleet = dir.0.join("fleet");
+    anyhub_sa_sync::fleet::init(&fleet).unwrap();
+    anyhub_sa_sync::fleet::add_node(&fleet, 1, "a").unwrap();
+    let ike = port(3);
+    let on = |cfg: String, ip: &str| cfg.replace("\"127.0.0.1\"", &format!("\"{ip}\""));
+    let b_tunnel = format!(
+        r#"
+[[tunnel]]
+id = "to-hub"
+local_id = "site-a.example.net"
+remote_id = "a.example.net"
+psk = "a long secret"
+local_ts = ["10.10.0.0/24"]
+remote_ts = ["10.20.0.0/24"]
+remote_address = "127.0.0.5:{ike}"
+"#
+    );
+    for (policy, held) in [("\"all\"", true), ("\"none\"", false)] {
+        let a_cfg = on(
+            config(
+                &dir.0,
+                "a",
+                1,
+                ike,
+                &RESPONDER_TUNNEL.replace("hub.example.net", "a.example.net"),
+            ),
+            "127.0.0.5",
+        ) + &format!(
+            "\n[sync]\nlisten = \"127.0.0.5:0\"\nfleet_dir = \"fleet\"\nbootstrap = true\n\
+             barrier = {policy}\nbarrier_timeout_ms = 300\n\
+             peers = [{{ index = 3, address = \"127.0.0.7:9\" }}]\n"
+        );
+        let a = Daemon::start(&dir.0, "a", &a_cfg);
+        let b = Daemon::start(
+            &dir.0,
+            "b",
+            &on(config(&dir.0, "b", 2, ike, &b_tunnel), "127.0.0.6"),
+        );
+        assert!(b.ctl(&["initiate", "to-hub"]).status.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while b.status()["child_sas"]
+            .as_array()
+            .is_none_or(|v| v.is_empty())
+        {
+            assert!(
+                Instant::now() < deadline,
+                "{policy}: no tunnel\nA: {}\nA log:\n{}",
+                a.status(),
+                a.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let sa = a.status();
+        let c = &sa["sync"]["counters"];
+        if held {
+            assert_eq!(c["barrier_timed_out"], 1, "{sa}");
+            assert_eq!(c["barrier_reached"], 0, "{sa}");
+            assert!(c["barrier_max_ms"].as_u64() >= Some(300), "{sa}");
+            assert!(c["held_messages"].as_u64() >= Some(1), "{sa}");
+            assert!(a.log().contains("sync barrier"), "{}", a.log());
+        } else {
+            assert_eq!(sa["sync"]["barrier"], "none", "{sa}");
+            assert_eq!(c["barrier_timed_out"], 0, "{sa}");
+            assert_eq!(c["held_messages"], 0, "{sa}");
+        }
+        b.stop();
+        a.stop();
+    }
 }

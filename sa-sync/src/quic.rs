@@ -462,17 +462,21 @@ impl Bus {
                     }
                     _ = tokio::time::sleep(sleep) => node.handle_timeout(now_ms()),
                 }
-                while let Some(tx) = node.poll_transmit() {
-                    if let Some((_, c)) = conns.get(&tx.peer) {
-                        let _ = c.send(tx.frame.encode_to_vec());
-                    }
-                }
+                // Events before frames: the callback has seen (and
+                // anyhubd installed) every record before our
+                // acknowledgement of it leaves, so a barrier means
+                // "installed", not merely "received".
                 while let Some(ev) = node.poll_event() {
                     on_event(&ev);
                     if let Event::Barrier(b) = ev {
                         if let Some(r) = waiting.remove(&b.id) {
                             let _ = r.send(Ok(b));
                         }
+                    }
+                }
+                while let Some(tx) = node.poll_transmit() {
+                    if let Some((_, c)) = conns.get(&tx.peer) {
+                        let _ = c.send(tx.frame.encode_to_vec());
                     }
                 }
             }
@@ -519,8 +523,28 @@ impl Bus {
         wait: crate::core::WaitFor,
         timeout_ms: u64,
     ) -> Result<Barrier, BusError> {
-        Ok(self
-            .ask(|reply| Cmd::Barrier {
+        self.start_barrier(key, body, expires_ms, wait, timeout_ms)?
+            .await
+    }
+
+    /// [`Bus::publish_with_barrier`] in two steps: the write reaches the
+    /// bus now, in call order with every other write of this caller, and
+    /// the returned future resolves at the barrier. A caller that must not
+    /// wait (anyhubd's writer) keeps its order and awaits elsewhere.
+    pub fn start_barrier(
+        &self,
+        key: Key,
+        body: Body,
+        expires_ms: u64,
+        wait: crate::core::WaitFor,
+        timeout_ms: u64,
+    ) -> Result<
+        impl std::future::Future<Output = Result<Barrier, BusError>> + Send + 'static,
+        BusError,
+    > {
+        let (reply, rx) = oneshot::channel();
+        self.cmd
+            .send(Cmd::Barrier {
                 key,
                 body,
                 expires_ms,
@@ -528,7 +552,8 @@ impl Bus {
                 timeout_ms,
                 reply,
             })
-            .await??)
+            .map_err(|_| BusError::Stopped)?;
+        Ok(async move { Ok(rx.await.map_err(|_| BusError::Stopped)??) })
     }
 
     pub async fn delete(&self, key: Key) -> Result<pb::Version, BusError> {
