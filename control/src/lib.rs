@@ -8,12 +8,14 @@
 //!   that own the NAT-T socket.
 //! - [`status`]: the status JSON, shared by the daemon and anyhubctl.
 //! - [`sync`]: `[sync]`: SA replication with the other nodes (sa-sync).
+//! - [`seq`]: outbound sequence numbers handed over between nodes.
 
 #![deny(unsafe_code)]
 
 pub mod config;
 pub mod dataplane;
 pub mod node;
+pub mod seq;
 pub mod status;
 pub mod sync;
 

@@ -234,6 +234,8 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
     node.initiate(&config.initiate).await;
 
     let (request_tx, mut request_rx) = mpsc::channel::<StatusRequest>(16);
+    let mut seq_tick = tokio::time::interval(crate::seq::TICK);
+    seq_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut buf = vec![0u8; RECV_BUF_LEN];
     // Which socket to poll first: rotated so a busy socket cannot starve
     // the others.
@@ -261,6 +263,11 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
                 node.endpoint.handle(Instant::now(), local, from, &message);
             }
             () = routes_changed.notified() => node.refresh_routes(),
+            _ = seq_tick.tick(), if node.sync.is_some() => {
+                if let Some(s) = &mut node.sync {
+                    s.seq_tick(&node.sadb);
+                }
+            }
             Some(done) = async {
                 match &mut barrier_rx {
                     Some(rx) => rx.recv().await,

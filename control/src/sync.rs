@@ -18,11 +18,12 @@
 //!   [`STATUS_INTERVAL`]; `anyhubctl status` shows the latest.
 
 use crate::config::{BarrierPolicy, SyncConfig};
+use crate::seq::SeqTable;
 use anyhub_dataplane::{Change, Sad};
 use anyhub_ike::{Endpoint, Event, IkeSaHandle};
 use anyhub_sa_sync::convert::{self, Publish};
 use anyhub_sa_sync::quic::{now_ms, Bus, BusConfig, Identity};
-use anyhub_sa_sync::{BarrierOutcome, Config, WaitFor};
+use anyhub_sa_sync::{pb, BarrierOutcome, Config, Key, WaitFor};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -75,6 +76,8 @@ pub struct SyncBus {
     writes: mpsc::UnboundedSender<Write>,
     barriers: Option<mpsc::UnboundedReceiver<BarrierDone>>,
     shared: Arc<Mutex<Shared>>,
+    /// Outbound sequence reservations and floors (seq.rs).
+    seq: Arc<Mutex<SeqTable>>,
     /// `None`: responses are not held.
     wait: Option<WaitFor>,
     policy: BarrierPolicy,
@@ -104,6 +107,8 @@ pub fn start(
     let incarnation = now_ms() ^ (u64::from(std::process::id()) << 40);
     let shared = Arc::new(Mutex::new(Shared::default()));
     let on_event_shared = shared.clone();
+    let seq = Arc::new(Mutex::new(SeqTable::default()));
+    let cb_seq = seq.clone();
     // Installed here, in the bus's task, before the bus acknowledges the
     // record (quic.rs sends frames after events): another node's barrier
     // then means the SA is in our dataplane. Routes for outbound traffic
@@ -120,7 +125,15 @@ pub fn start(
         move |ev| match convert::dataplane_event(ev) {
             Some(Ok(e)) => {
                 log_synced(&e);
-                match sadb.handle_event(Instant::now(), e) {
+                let installed = match &e {
+                    Event::ChildSaEstablished(c) => Some(c.spi_in),
+                    _ => None,
+                };
+                let change = sadb.handle_event(Instant::now(), e);
+                if let Some(spi_in) = installed {
+                    lock_seq(&cb_seq).installed(&sadb, spi_in, Instant::now());
+                }
+                match change {
                     Change::Refused { spi_in, error } => {
                         lock(&on_event_shared).install_refused += 1;
                         tracing::warn!(spi_in = %format_args!("{spi_in:08x}"), %error, "synced child SA not installed");
@@ -136,7 +149,18 @@ pub fn start(
                 lock(&on_event_shared).records_refused += 1;
                 tracing::warn!(%error, "sync: a record does not convert to an SA; dropped");
             }
-            None => {}
+            None => {
+                if let anyhub_sa_sync::Event::Applied {
+                    key: Key::Seq { spi_in, .. },
+                    record,
+                    ..
+                } = ev
+                {
+                    if let Some(pb::record::Body::Seq(r)) = &record.body {
+                        lock_seq(&cb_seq).floor(&sadb, *spi_in, r.reserved, Instant::now());
+                    }
+                }
+            }
         },
     )
     .map_err(|e| format!("sync.listen: {e}"))?;
@@ -246,6 +270,7 @@ pub fn start(
         writes,
         barriers: Some(barrier_rx),
         shared,
+        seq,
         wait,
         policy: cfg.barrier.clone(),
         queued: 0,
@@ -272,6 +297,11 @@ fn log_synced(event: &Event) {
         ),
         _ => {}
     }
+}
+
+fn lock_seq(m: &Mutex<SeqTable>) -> std::sync::MutexGuard<'_, SeqTable> {
+    // Plain bookkeeping: usable after a panicking holder.
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
@@ -316,6 +346,12 @@ impl SyncBus {
         };
         let p = convert::publish_for(ev, spis, self.index, now_ms())?;
         self.queued += 1;
+        let reservation = match (ev, &p) {
+            (Event::ChildSaEstablished(c), Publish::Write { expires_ms, .. }) => {
+                Some((c.spi_in, *expires_ms))
+            }
+            _ => None,
+        };
         let held = match (ev, &p, &self.wait) {
             (Event::ChildSaEstablished(c), Publish::Write { .. }, Some(_)) => {
                 spis(c.ike).map(|ike| (ike, c.spi_in))
@@ -331,12 +367,43 @@ impl SyncBus {
             },
             None => Write::Plain(p),
         });
+        if let Some((spi_in, expires_ms)) = reservation {
+            // Our first reservation follows the SA in our feed: whoever
+            // takes it over starts above anything we can send before the
+            // next reservation (seq.rs).
+            let reserved = lock_seq(&self.seq).reserve_new(spi_in);
+            self.queue_reservation(spi_in, reserved, expires_ms);
+        }
         held.map(|(ike, _)| ike)
+    }
+
+    fn queue_reservation(&mut self, spi_in: u32, reserved: u64, expires_ms: u64) {
+        self.queued += 1;
+        let _ = self.writes.send(Write::Plain(Publish::Write {
+            key: Key::Seq {
+                spi_in,
+                node: self.index,
+            },
+            body: Box::new(pb::record::Body::Seq(pb::SeqReservation { reserved })),
+            expires_ms,
+        }));
+    }
+
+    /// Every [`crate::seq::TICK`]: publishes the reservations our sending
+    /// needs and applies deferred floors (seq.rs).
+    pub fn seq_tick(&mut self, sadb: &Sad) {
+        let now = Instant::now();
+        let due = lock_seq(&self.seq).tick(sadb, now);
+        for (spi_in, reserved, remaining) in due {
+            let expires_ms = now_ms() + remaining.as_millis() as u64;
+            self.queue_reservation(spi_in, reserved, expires_ms);
+        }
     }
 
     /// The `sync` object of `anyhubctl status --json`.
     pub fn status_json(&self) -> serde_json::Value {
         let shared = lock(&self.shared);
+        let seq = lock_seq(&self.seq);
         let mut counters = json!({
             "queued": self.queued,
             "sad_applied": shared.sad_applied,
@@ -346,6 +413,9 @@ impl SyncBus {
             "barrier_failed": self.barrier_failed,
             "barrier_max_ms": self.barrier_max_ms,
             "held_messages": self.held_messages,
+            "seq_reservations": seq.reservations,
+            "seq_jumps": seq.jumps,
+            "seq_jumps_deferred": seq.deferred,
             "publish_errors": shared.publish_errors,
             "records_refused": shared.records_refused,
         });

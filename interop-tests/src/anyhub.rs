@@ -258,6 +258,11 @@ impl Anyhubd {
         self.proc.log.clone()
     }
 
+    /// SIGKILL: the node dies mid-stream, as in a crash.
+    pub fn kill_hard(&mut self) {
+        self.proc.kill_hard();
+    }
+
     /// anyhubd's pid (`ip netns exec` execs into it).
     pub fn pid(&self) -> i32 {
         self.proc.pid()

@@ -49,9 +49,9 @@ pub const HUB_ADDR: &str = "198.51.100.1";
 pub const SITE_INNER: Ipv4Addr = Ipv4Addr::new(10, 10, 0, 1);
 pub const HUB_INNER: Ipv4Addr = Ipv4Addr::new(10, 20, 0, 1);
 
-const SITE_NS_PREFIX: &str = "ahs";
-const HUB_NS_PREFIX: &str = "ahh";
-const ROUTER_NS_PREFIX: &str = "ahr";
+pub(crate) const SITE_NS_PREFIX: &str = "ahs";
+pub(crate) const HUB_NS_PREFIX: &str = "ahh";
+pub(crate) const ROUTER_NS_PREFIX: &str = "ahr";
 
 /// The private address of the side behind a NAT lab's router.
 pub const NAT_INSIDE: &str = "10.99.0.2";
@@ -71,24 +71,24 @@ pub enum Behind {
     Site,
     Hub,
 }
-const DIR_PREFIX: &str = "anyhub-interop-";
+pub(crate) const DIR_PREFIX: &str = "anyhub-interop-";
 
-static NEXT_LAB: AtomicU32 = AtomicU32::new(1);
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+pub(crate) static NEXT_LAB: AtomicU32 = AtomicU32::new(1);
+pub(crate) static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 static REGISTRY: Mutex<Registry> = Mutex::new(Registry {
     labs: BTreeMap::new(),
     procs: BTreeMap::new(),
 });
 
 /// What must be torn down if the harness is interrupted.
-struct Registry {
+pub(crate) struct Registry {
     /// lab number → (namespaces, work dir)
-    labs: BTreeMap<u32, (Vec<String>, PathBuf)>,
+    pub(crate) labs: BTreeMap<u32, (Vec<String>, PathBuf)>,
     /// pid → name, for every daemon a [`Proc`] guard owns
     procs: BTreeMap<i32, String>,
 }
 
-fn registry() -> MutexGuard<'static, Registry> {
+pub(crate) fn registry() -> MutexGuard<'static, Registry> {
     // A panic while holding the lock must not stop later cleanup.
     REGISTRY.lock().unwrap_or_else(|e| e.into_inner())
 }
@@ -129,7 +129,7 @@ fn cleanup_everything() -> usize {
 
 /// Kills whatever still runs inside `ns`, then deletes it. Errors are
 /// ignored: this is cleanup and the namespace may be half-made or gone.
-fn delete_namespace(ns: &str) {
+pub(crate) fn delete_namespace(ns: &str) {
     for _ in 0..3 {
         let pids = Command::new("ip")
             .args(["netns", "pids", ns])
@@ -454,7 +454,7 @@ impl Drop for Lab {
 }
 
 /// `lo` up with the side's inner address and the `extra` ones.
-fn add_inner(ns: &str, inner: Ipv4Addr, extra: &[Ipv4Addr]) -> Result<()> {
+pub(crate) fn add_inner(ns: &str, inner: Ipv4Addr, extra: &[Ipv4Addr]) -> Result<()> {
     ip(&["-n", ns, "link", "set", "lo", "up"])?;
     let mut inner_addrs = vec![inner];
     inner_addrs.extend(extra.iter().copied().filter(|a| *a != inner));
@@ -476,7 +476,7 @@ fn nat_rules(outside: &str, udp_action: &str, other_action: &str, ports: (u16, u
 }
 
 /// Copies the regular files of a work dir (configs, logs; not sockets).
-fn copy_logs(from: &Path, to: &Path) -> Result<()> {
+pub(crate) fn copy_logs(from: &Path, to: &Path) -> Result<()> {
     fs::create_dir_all(to).with_context(|| format!("creating {}", to.display()))?;
     for entry in fs::read_dir(from)? {
         let entry = entry?;
@@ -491,7 +491,7 @@ fn copy_logs(from: &Path, to: &Path) -> Result<()> {
     Ok(())
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let mut cmd = Command::new("ip");
     cmd.args(args);
     let out = run(&mut cmd, Duration::from_secs(10))?;

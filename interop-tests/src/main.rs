@@ -21,6 +21,7 @@
 //! The anyhubd/anyhubctl contract (config TOML, CLI, status JSON) is in
 //! docs/daemon-contract.md.
 
+mod anycast;
 mod anyhub;
 mod bench_dataplane;
 mod bench_ike;

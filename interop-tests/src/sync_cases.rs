@@ -13,19 +13,38 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use serde_json::Value;
 
-use crate::anyhub::{config_toml, Anyhubd, Binaries, HubStatus};
+use crate::anycast::{self, AnycastLab};
+use crate::anyhub::{config_toml, Anyhubd, Binaries, HubChildSa, HubStatus};
 use crate::cases::{hub_tunnel, site_conn, Outcome};
 use crate::lab::{self, Lab};
 use crate::strongswan::Charon;
+use crate::traffic;
 
 pub struct SyncCase {
     pub name: String,
+    kind: Kind,
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    /// Two nodes in one namespace, no dataplane: records only.
+    Replicated,
+    /// The anycast lab (anycast.rs): three nodes with dataplanes, the
+    /// site's traffic steered from node to node, then node 1 killed.
+    AnycastSteer,
 }
 
 pub fn all() -> Vec<SyncCase> {
-    vec![SyncCase {
-        name: "sync-child-sa-replicated".into(),
-    }]
+    vec![
+        SyncCase {
+            name: "sync-child-sa-replicated".into(),
+            kind: Kind::Replicated,
+        },
+        SyncCase {
+            name: "sync-anycast-steer-and-node-loss".into(),
+            kind: Kind::AnycastSteer,
+        },
+    ]
 }
 
 /// The bus ports (the namespace is the run's own).
@@ -190,6 +209,9 @@ fn drive(bins: &Binaries, lab: &Lab) -> Result<()> {
 
 /// Runs one case in a lab of its own.
 pub fn run(case: &SyncCase, bins: &Binaries, keep: Option<&Path>) -> Outcome {
+    if let Kind::AnycastSteer = case.kind {
+        return run_anycast(case, bins, keep);
+    }
     let lab = match Lab::create(&[], &[], keep.map(|k| k.join(&case.name))) {
         Ok(l) => l,
         Err(e) => {
@@ -222,6 +244,260 @@ pub fn run(case: &SyncCase, bins: &Binaries, keep: Option<&Path>) -> Outcome {
                 tail(&lab.hub_dir().join("node2/anyhubd.log")),
             ),
         ]
+    } else {
+        Vec::new()
+    };
+    drop(lab);
+    Outcome { failure, logs }
+}
+
+/// Nodes in the anycast case.
+const ANYCAST_NODES: usize = 3;
+const ANYCAST_BUS_PORT: u16 = 7100;
+
+/// Node `k`'s config in the anycast lab: the harness's hub tunnel on the
+/// anycast address, a dataplane, and `[sync]` with every other node and
+/// the default barrier ("all").
+fn anycast_config(lab: &AnycastLab, k: usize, fleet: &Path) -> String {
+    let dir = lab.node_dir(k);
+    let base = config_toml(
+        crate::lab::HUB_ADDR,
+        &[hub_tunnel("site-a")],
+        &dir.join("anyhubd.sock"),
+        &traffic::hub_dataplane_lines(),
+    );
+    let base = base.replacen(
+        "[node]\nindex = 1\nname = \"interop-hub\"\n",
+        &format!("[node]\nindex = {k}\nname = \"node{k}\"\n"),
+        1,
+    );
+    let peers: Vec<String> = (1..=ANYCAST_NODES)
+        .filter(|&p| p != k)
+        .map(|p| {
+            format!(
+                "{{ index = {p}, address = \"{}:{ANYCAST_BUS_PORT}\" }}",
+                lab.node_addr(p)
+            )
+        })
+        .collect();
+    format!(
+        "{base}\n[sync]\nlisten = \"{}:{ANYCAST_BUS_PORT}\"\nfleet_dir = {}\nbootstrap = {}\n\
+         peers = [{}]\n",
+        lab.node_addr(k),
+        serde_json::to_string(&fleet.display().to_string()).expect("a string"),
+        k == 1,
+        peers.join(", "),
+    )
+}
+
+/// The child SA `spi_in` in a node's status.
+fn child_on(st: &HubStatus, spi_in: u32) -> Option<&HubChildSa> {
+    st.child_sas.iter().find(|c| c.spi_in == spi_in)
+}
+
+/// Pings the hub's inner address from the site's: `count` pings that must
+/// all be answered (strict: no warm-up, the tunnel is up and the node
+/// holds the SA already).
+fn ping_strict(lab: &AnycastLab, count: u32) -> Result<()> {
+    let mut c = std::process::Command::new("ip");
+    let n = count.to_string();
+    let (src, dst) = (
+        crate::lab::SITE_INNER.to_string(),
+        crate::lab::HUB_INNER.to_string(),
+    );
+    c.args([
+        "netns",
+        "exec",
+        &lab.site_ns,
+        "ping",
+        "-n",
+        "-c",
+        &n,
+        "-i",
+        "0.2",
+        "-W",
+        "1",
+        "-I",
+    ])
+    .args([&src, &dst]);
+    let out = lab::run(&mut c, Duration::from_secs(20))?;
+    ensure!(
+        out.text
+            .contains(&format!("{count} packets transmitted, {count} received")),
+        "ping {src} -> {dst}: {}",
+        out.text
+            .lines()
+            .rev()
+            .nth(1)
+            .unwrap_or(out.text.trim())
+            .trim()
+    );
+    Ok(())
+}
+
+fn drive_anycast(bins: &Binaries, lab: &AnycastLab) -> Result<()> {
+    let fleet = lab.dir.join("fleet");
+    anyhub_sa_sync::fleet::init(&fleet).context("fleet init")?;
+    for k in 1..=ANYCAST_NODES {
+        anyhub_sa_sync::fleet::add_node(&fleet, k as u16, &format!("node{k}"))
+            .context("fleet add-node")?;
+    }
+    let level = std::env::var("ANYHUBD_LOG_LEVEL").unwrap_or_else(|_| "debug".into());
+    let mut nodes = Vec::new();
+    for k in 1..=ANYCAST_NODES {
+        nodes.push(
+            Anyhubd::start_text(
+                &lab.nodes[k - 1],
+                &lab.node_dir(k),
+                bins,
+                &anycast_config(lab, k, &fleet),
+                &level,
+                None,
+            )
+            .with_context(|| format!("node {k}"))?,
+        );
+    }
+    for (i, hub) in nodes.iter_mut().enumerate() {
+        lab::eventually(Duration::from_secs(15), || {
+            let st = hub.status()?;
+            let s = sync_of(&st)?;
+            ensure!(
+                s["peers_connected"].as_u64() == Some(ANYCAST_NODES as u64 - 1)
+                    && s["caught_up"] == Value::Bool(true),
+                "node {}'s sync is not connected to every node and caught up: {s}",
+                i + 1
+            );
+            Ok(())
+        })?;
+    }
+
+    // The site reaches node 1 and establishes its tunnel there.
+    let site = Charon::start_with(&lab.site_ns, &lab.site_dir(), &[])
+        .context("starting the site's charon")?;
+    site.load(&[site_conn("site")]).context("site")?;
+    let out = site.initiate("site", "site")?;
+    ensure!(
+        out.success(),
+        "swanctl --initiate failed: {}",
+        out.text.trim().replace('\n', " | ")
+    );
+    // swanctl returned: the site holds IKE_AUTH's response, which node 1
+    // sent only after nodes 2 and 3 installed the child SA (the barrier).
+    // So they must hold it now, without waiting.
+    let st1 = nodes[0].status()?;
+    let child = st1
+        .child_sas
+        .first()
+        .cloned()
+        .ok_or_else(|| anyhow!("node 1 lists no child SA after the site's initiate"))?;
+    for (i, hub) in nodes.iter_mut().enumerate().skip(1) {
+        let st = hub.status()?;
+        let c = child_on(&st, child.spi_in).ok_or_else(|| {
+            anyhow!(
+                "node {} does not hold child SA {:08x} when the site already uses it \
+                 (the barrier did not hold node 1's response)",
+                i + 1,
+                child.spi_in
+            )
+        })?;
+        ensure!(
+            c.spi_out == child.spi_out
+                && c.local_ts == child.local_ts
+                && c.remote_ts == child.remote_ts,
+            "node {}'s copy differs: {c:?} vs node 1's {child:?}",
+            i + 1
+        );
+        ensure!(
+            st.ike_sas.is_empty(),
+            "node {} has IKE SAs of its own",
+            i + 1
+        );
+    }
+    let s1 = sync_of(&st1)?;
+    ensure!(
+        s1["counters"]["barrier_reached"].as_u64() == Some(1),
+        "node 1 counts no reached barrier: {s1}"
+    );
+
+    // Traffic to node 1, then steered to 2 and 3: each node decrypts the
+    // site's pings with the replicated SA and answers them. Replies from a
+    // node that takes over an SA use sequence numbers above its previous
+    // senders' (anti-replay stays on at the site).
+    const PINGS: u32 = 5;
+    traffic::ping_both(
+        &lab.site_ns,
+        &crate::lab::SITE_INNER.to_string(),
+        &crate::lab::HUB_INNER.to_string(),
+        PINGS,
+    )
+    .context("through node 1")?;
+    for k in [2, 3, 1, 2] {
+        let before = child_on(&nodes[k - 1].status()?, child.spi_in)
+            .map(|c| (c.in_packets, c.out_packets))
+            .unwrap_or_default();
+        lab.steer(k)?;
+        ping_strict(lab, PINGS).with_context(|| format!("steered to node {k}"))?;
+        let st = nodes[k - 1].status()?;
+        let c = child_on(&st, child.spi_in).ok_or_else(|| anyhow!("node {k} lost the child SA"))?;
+        ensure!(
+            c.in_packets >= before.0 + u64::from(PINGS)
+                && c.out_packets >= before.1 + u64::from(PINGS),
+            "node {k} did not carry the pings steered to it: in {} -> {}, out {} -> {}",
+            before.0,
+            c.in_packets,
+            before.1,
+            c.out_packets
+        );
+    }
+
+    // Node 1, which negotiated the tunnel, dies: the site's traffic, now on
+    // node 2, goes on, and node 3 still holds the SA.
+    nodes[0].kill_hard();
+    ping_strict(lab, PINGS).context("on node 2 after node 1 was killed")?;
+    lab.steer(3)?;
+    ping_strict(lab, PINGS).context("steered to node 3 after node 1 was killed")?;
+    eprintln!(
+        "    child SA {:08x}/{:08x}: negotiated on node 1, held by nodes 2 and 3 before the site could use it; \
+         pings answered by nodes 1, 2, 3, 1, 2, and by 2 and 3 after node 1 was killed",
+        child.spi_in, child.spi_out
+    );
+    Ok(())
+}
+
+fn run_anycast(case: &SyncCase, bins: &Binaries, keep: Option<&Path>) -> Outcome {
+    let lab = match AnycastLab::create(ANYCAST_NODES, keep.map(|k| k.join(&case.name))) {
+        Ok(l) => l,
+        Err(e) => {
+            return Outcome {
+                failure: Some(format!("building the anycast lab: {e:#}")),
+                logs: Vec::new(),
+            }
+        }
+    };
+    let r = panic::catch_unwind(AssertUnwindSafe(|| drive_anycast(bins, &lab)));
+    let failure = match r {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(
+            format!("{e:#}")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        Err(p) => Some(format!("panicked: {}", crate::panic_message(&p))),
+    };
+    let logs = if failure.is_some() {
+        (1..=ANYCAST_NODES)
+            .map(|k| {
+                (
+                    format!("node {k} anyhubd"),
+                    lab::tail(&anycast::log_of(&lab.node_dir(k)), 20),
+                )
+            })
+            .chain([(
+                "site charon".into(),
+                lab::tail(&lab.site_dir().join("charon.log"), 20),
+            )])
+            .collect()
     } else {
         Vec::new()
     };
