@@ -312,6 +312,47 @@ impl Status {
                 },
                 s["live"].as_u64().unwrap_or(0),
             );
+            let c = &s["counters"];
+            let n = |k: &str| c[k].as_u64().unwrap_or(0);
+            let _ = writeln!(
+                out,
+                "sync barrier {}: {} reached, {} timed out, {} failed (longest {} ms); sequence handovers {}",
+                s["barrier"],
+                n("barrier_reached"),
+                n("barrier_timed_out"),
+                n("barrier_failed"),
+                n("barrier_max_ms"),
+                n("seq_jumps"),
+            );
+            if let Some(peers) = s["peers"].as_array().filter(|p| !p.is_empty()) {
+                let cell = |v: &serde_json::Value| match v {
+                    serde_json::Value::Bool(b) => if *b { "yes" } else { "no" }.to_string(),
+                    serde_json::Value::Null => "-".into(),
+                    other => other.to_string(),
+                };
+                let rows: Vec<Vec<String>> = peers
+                    .iter()
+                    .map(|p| {
+                        ["peer", "connected", "cursor", "head", "lag", "caught_up"]
+                            .iter()
+                            .map(|k| cell(&p[*k]))
+                            .collect()
+                    })
+                    .collect();
+                out.push('\n');
+                table(
+                    &mut out,
+                    &[
+                        "SYNC PEER",
+                        "CONNECTED",
+                        "APPLIED",
+                        "HEAD",
+                        "LAG",
+                        "CAUGHT UP",
+                    ],
+                    &rows,
+                );
+            }
         }
         let dash = |s: &Option<String>| s.clone().unwrap_or_else(|| "-".into());
         if !self.ike_sas.is_empty() {

@@ -596,3 +596,137 @@ remote_address = "127.0.0.5:{ike}"
         a.stop();
     }
 }
+
+/// The fleet's certificates come from `anyhubctl fleet init / add-node`.
+/// A (node 1) replicates to D (node 4, same fleet) but not to C (node 3),
+/// whose certificate another fleet's CA signed: the bus never connects to
+/// C, and C never holds the child SA that D received. `anyhubctl status`
+/// shows the sync peers.
+#[test]
+fn sync_refuses_a_node_of_another_fleet() {
+    let dir = TempDir::new("rogue");
+    let ctl = |args: &[&str]| {
+        let out = Command::new(ANYHUBCTL).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "anyhubctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let (fleet, rogue) = (dir.0.join("fleet"), dir.0.join("rogue"));
+    let (fleet_s, rogue_s) = (fleet.to_str().unwrap(), rogue.to_str().unwrap());
+    assert!(ctl(&["fleet", "init", "--dir", fleet_s]).contains("fleet CA written"));
+    for (i, n) in [("1", "a"), ("4", "d")] {
+        ctl(&[
+            "fleet", "add-node", "--dir", fleet_s, "--index", i, "--name", n,
+        ]);
+    }
+    ctl(&["fleet", "init", "--dir", rogue_s]);
+    ctl(&[
+        "fleet", "add-node", "--dir", rogue_s, "--index", "3", "--name", "c",
+    ]);
+    // A second init would replace the CA every node trusts: refused.
+    let again = Command::new(ANYHUBCTL)
+        .args(["fleet", "init", "--dir", fleet_s])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "fleet init overwrote a CA");
+
+    let (ike, bus_c, bus_d) = (port(4), port(6), port(7));
+    let on = |cfg: String, ip: &str| cfg.replace("\"127.0.0.1\"", &format!("\"{ip}\""));
+    let responder = RESPONDER_TUNNEL.replace("hub.example.net", "a.example.net");
+    let sync = |listen: String, fleet: &str, peers: &str, bootstrap: bool| {
+        format!(
+            "\n[sync]\nlisten = \"{listen}\"\nfleet_dir = \"{fleet}\"\nbootstrap = {bootstrap}\n\
+             barrier_timeout_ms = 200\npeers = [{peers}]\n"
+        )
+    };
+    let a_cfg = on(config(&dir.0, "a", 1, ike, &responder), "127.0.0.8")
+        + &sync(
+            "127.0.0.8:0".into(),
+            "fleet",
+            &format!(
+                "{{ index = 3, address = \"127.0.0.9:{bus_c}\" }}, {{ index = 4, address = \"127.0.0.11:{bus_d}\" }}"
+            ),
+            true,
+        );
+    let c_cfg = on(config(&dir.0, "c", 3, ike, &responder), "127.0.0.9")
+        + &sync(
+            format!("127.0.0.9:{bus_c}"),
+            "rogue",
+            "{ index = 1, address = \"127.0.0.8:9\" }",
+            false,
+        );
+    let d_cfg = on(config(&dir.0, "d", 4, ike, &responder), "127.0.0.11")
+        + &sync(
+            format!("127.0.0.11:{bus_d}"),
+            "fleet",
+            "{ index = 1, address = \"127.0.0.8:9\" }",
+            false,
+        );
+    let a = Daemon::start(&dir.0, "a", &a_cfg);
+    let c = Daemon::start(&dir.0, "c", &c_cfg);
+    let d = Daemon::start(&dir.0, "d", &d_cfg);
+    let b_tunnel = format!(
+        r#"
+[[tunnel]]
+id = "to-hub"
+local_id = "site-a.example.net"
+remote_id = "a.example.net"
+psk = "a long secret"
+local_ts = ["10.10.0.0/24"]
+remote_ts = ["10.20.0.0/24"]
+remote_address = "127.0.0.8:{ike}"
+"#
+    );
+    let b = Daemon::start(
+        &dir.0,
+        "b",
+        &on(config(&dir.0, "b", 2, ike, &b_tunnel), "127.0.0.10"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while d.status()["sync"]["peers_connected"] != 1 {
+        assert!(Instant::now() < deadline, "D never connected:\n{}", d.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(b.ctl(&["initiate", "to-hub"]).status.success());
+    // B's tunnel is up only after A's barrier gave up on C (200 ms).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while [&b, &d].iter().any(|n| {
+        n.status()["child_sas"]
+            .as_array()
+            .is_none_or(|v| v.is_empty())
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "D never received A's child SA:\nA: {}\nA log:\n{}",
+            a.status(),
+            a.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // D has the record; C, dialled by A as often as D, has nothing.
+    let sc = c.status();
+    assert_eq!(sc["child_sas"], serde_json::json!([]), "{sc}");
+    assert_eq!(sc["sync"]["peers_connected"], 0, "{sc}");
+    assert_eq!(sc["sync"]["live"], 0, "{sc}");
+    let sa = a.status();
+    let peer3 = sa["sync"]["peers"]
+        .as_array()
+        .and_then(|p| p.iter().find(|p| p["peer"] == 3).cloned())
+        .expect("A lists peer 3");
+    assert_eq!(peer3["connected"], false, "{sa}");
+    // Barrier "all" cannot count C: A's response waited for it, then went.
+    assert_eq!(sa["sync"]["counters"]["barrier_timed_out"], 1, "{sa}");
+    assert!(!c.log().contains("a long secret"));
+    let human = String::from_utf8(a.ctl(&["status"]).stdout).unwrap();
+    assert!(
+        human.contains("SYNC PEER") && human.contains("sync barrier \"all\""),
+        "{human}"
+    );
+    b.stop();
+    c.stop();
+    d.stop();
+    a.stop();
+}

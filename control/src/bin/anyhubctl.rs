@@ -44,6 +44,32 @@ enum Command {
     },
     /// Start a tunnel as initiator (it needs a remote_address).
     Initiate { tunnel: String },
+    /// The fleet's certificates for the sync bus (docs/sa-sync.md): run
+    /// on an offline admin host, copy each node its files.
+    Fleet {
+        #[command(subcommand)]
+        command: Fleet,
+    },
+}
+
+#[derive(Subcommand)]
+enum Fleet {
+    /// A new fleet CA in DIR: ca.pem (every node) and ca.key (keep it
+    /// offline). Refuses to overwrite an existing CA.
+    Init {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+    },
+    /// A node certificate signed by DIR's CA: <NAME>.pem and <NAME>.key,
+    /// naming the node's index (`[node] index`) and name (`[node] name`).
+    AddNode {
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        #[arg(long)]
+        index: u16,
+        #[arg(long)]
+        name: String,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -74,6 +100,26 @@ fn run(args: Args) -> anyhow::Result<()> {
                     anyhow::anyhow!("anyhubd sent a status this anyhubctl cannot read: {e}")
                 })?;
                 print!("{}", status.render());
+            }
+            Ok(())
+        }
+        Command::Fleet { command } => {
+            match command {
+                Fleet::Init { dir } => {
+                    anyhub_sa_sync::fleet::init(&dir)?;
+                    println!(
+                        "fleet CA written to {} (ca.pem for every node; keep ca.key offline)",
+                        dir.display()
+                    );
+                }
+                Fleet::AddNode { dir, index, name } => {
+                    let (cert, key) = anyhub_sa_sync::fleet::add_node(&dir, index, &name)?;
+                    println!(
+                        "node {index} ({name}): {} and {} (copy them and ca.pem to the node's [sync] fleet_dir)",
+                        cert.display(),
+                        key.display()
+                    );
+                }
             }
             Ok(())
         }
