@@ -141,7 +141,11 @@ impl SeqTable {
                     e.sent_at = Some(now);
                 }
                 e.seen = sent;
-                if e.sent_at.is_some() && sent.saturating_add(BLOCK / 2) > e.reserved {
+                // Only a writer reserves: an SA that merely jumped (we
+                // are idle on it) must not answer the jump with a
+                // reservation of its own, or idle nodes would leapfrog.
+                let writing = e.sent_at.is_some_and(|t| now.duration_since(t) < IDLE);
+                if writing && sent.saturating_add(BLOCK / 2) > e.reserved {
                     e.reserved = sent.saturating_add(BLOCK);
                     let info = child.outbound.info();
                     let remaining =
@@ -286,6 +290,35 @@ mod tests {
         t.tick(&sad, t0 + 2 * TICK + IDLE);
         assert_eq!(sent(&sad, 7), theirs);
         assert_eq!(t.jumps, 1);
+    }
+
+    #[test]
+    fn idle_nodes_do_not_leapfrog() {
+        // Two nodes' tables over one SA each, exchanging what they publish.
+        let (sad1, sad2) = (sad_with_child(7), sad_with_child(7));
+        let (mut t1, mut t2) = (SeqTable::default(), SeqTable::default());
+        let t0 = Instant::now();
+        t1.reserve_new(7);
+        send(&sad1, 7, 10);
+        t1.tick(&sad1, t0);
+        // Node 1 stops; node 2 takes the traffic after node 1's floor.
+        t2.floor(&sad2, 7, BLOCK, t0);
+        send(&sad2, 7, 10);
+        let mut published = 0;
+        for i in 1..50u32 {
+            let now = t0 + TICK * i;
+            for (_, r, _) in t2.tick(&sad2, now) {
+                published += 1;
+                t1.floor(&sad1, 7, r, now);
+            }
+            for (_, r, _) in t1.tick(&sad1, now) {
+                published += 1;
+                t2.floor(&sad2, 7, r, now);
+            }
+        }
+        assert_eq!(published, 1, "only node 2's one reservation");
+        assert_eq!(sent(&sad1, 7), BLOCK + 10 + BLOCK, "node 1 moved past it");
+        assert_eq!(sent(&sad2, 7), BLOCK + 10);
     }
 
     #[test]

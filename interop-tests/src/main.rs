@@ -390,8 +390,18 @@ fn main() -> ExitCode {
             if args.cmd == Cmd::Run {
                 return run_suite(&args, HubKind::Anyhub(&bins));
             }
+            println!("== 1. one anyhubd: a strongSwan site pings through its tunnel ==");
             let outcome = run_one(&cases::demo_case(), HubKind::Anyhub(&bins), None, true);
             print_outcome("demo", &outcome);
+            if outcome.failure.is_some() {
+                return ExitCode::FAILURE;
+            }
+            println!(
+                "\n== 2. a fleet: three anyhubd on one anycast address; the site's tunnel, \
+                 made with node 1, carries traffic on every node and survives node 1's death =="
+            );
+            let outcome = sync_cases::demo(&bins);
+            print_outcome("demo-fleet", &outcome);
             if outcome.failure.is_some() {
                 ExitCode::FAILURE
             } else {

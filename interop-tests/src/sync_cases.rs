@@ -210,7 +210,7 @@ fn drive(bins: &Binaries, lab: &Lab) -> Result<()> {
 /// Runs one case in a lab of its own.
 pub fn run(case: &SyncCase, bins: &Binaries, keep: Option<&Path>) -> Outcome {
     if let Kind::AnycastSteer = case.kind {
-        return run_anycast(case, bins, keep);
+        return run_anycast(case, bins, keep, false);
     }
     let lab = match Lab::create(&[], &[], keep.map(|k| k.join(&case.name))) {
         Ok(l) => l,
@@ -335,7 +335,7 @@ fn ping_strict(lab: &AnycastLab, count: u32) -> Result<()> {
     Ok(())
 }
 
-fn drive_anycast(bins: &Binaries, lab: &AnycastLab) -> Result<()> {
+fn drive_anycast(bins: &Binaries, lab: &AnycastLab, show: bool) -> Result<()> {
     let fleet = lab.dir.join("fleet");
     anyhub_sa_sync::fleet::init(&fleet).context("fleet init")?;
     for k in 1..=ANYCAST_NODES {
@@ -418,6 +418,15 @@ fn drive_anycast(bins: &Binaries, lab: &AnycastLab) -> Result<()> {
         s1["counters"]["barrier_reached"].as_u64() == Some(1),
         "node 1 counts no reached barrier: {s1}"
     );
+    if show {
+        println!("\n=== the site's tunnel, established with node 1 ===");
+        let out = site.swanctl(&["--list-sas"], Duration::from_secs(10))?;
+        println!("{}", out.text.trim_end());
+        for (i, hub) in nodes.iter_mut().enumerate() {
+            println!("\n=== node {} (anyhubctl status) ===", i + 1);
+            println!("{}", hub.status_text()?.trim_end());
+        }
+    }
 
     // Traffic to node 1, then steered to 2 and 3: each node decrypts the
     // site's pings with the replicated SA and answers them. Replies from a
@@ -456,6 +465,15 @@ fn drive_anycast(bins: &Binaries, lab: &AnycastLab) -> Result<()> {
     ping_strict(lab, PINGS).context("on node 2 after node 1 was killed")?;
     lab.steer(3)?;
     ping_strict(lab, PINGS).context("steered to node 3 after node 1 was killed")?;
+    if show {
+        for (i, hub) in nodes.iter_mut().enumerate().skip(1) {
+            println!(
+                "\n=== node {} after the site's pings were steered 1 → 2 → 3 → 1 → 2, node 1 was killed, then → 3 ===",
+                i + 1
+            );
+            println!("{}", hub.status_text()?.trim_end());
+        }
+    }
     eprintln!(
         "    child SA {:08x}/{:08x}: negotiated on node 1, held by nodes 2 and 3 before the site could use it; \
          pings answered by nodes 1, 2, 3, 1, 2, and by 2 and 3 after node 1 was killed",
@@ -464,7 +482,17 @@ fn drive_anycast(bins: &Binaries, lab: &AnycastLab) -> Result<()> {
     Ok(())
 }
 
-fn run_anycast(case: &SyncCase, bins: &Binaries, keep: Option<&Path>) -> Outcome {
+/// `make demo`'s fleet part: the anycast case, printing the site's SAs and
+/// every node's `anyhubctl status` along the way.
+pub fn demo(bins: &Binaries) -> Outcome {
+    let case = all()
+        .into_iter()
+        .find(|c| matches!(c.kind, Kind::AnycastSteer))
+        .expect("the anycast case exists");
+    run_anycast(&case, bins, None, true)
+}
+
+fn run_anycast(case: &SyncCase, bins: &Binaries, keep: Option<&Path>, show: bool) -> Outcome {
     let lab = match AnycastLab::create(ANYCAST_NODES, keep.map(|k| k.join(&case.name))) {
         Ok(l) => l,
         Err(e) => {
@@ -474,7 +502,7 @@ fn run_anycast(case: &SyncCase, bins: &Binaries, keep: Option<&Path>) -> Outcome
             }
         }
     };
-    let r = panic::catch_unwind(AssertUnwindSafe(|| drive_anycast(bins, &lab)));
+    let r = panic::catch_unwind(AssertUnwindSafe(|| drive_anycast(bins, &lab, show)));
     let failure = match r {
         Ok(Ok(())) => None,
         Ok(Err(e)) => Some(
