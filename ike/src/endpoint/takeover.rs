@@ -11,7 +11,7 @@ use crate::takeover::{
     RequestKind,
 };
 use std::net::SocketAddr;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 /// What an `IkeSaUpdated` covered: when any of it changes, the exported
 /// state is stale. Message IDs move with every exchange (both directions),
@@ -72,7 +72,8 @@ impl Anchor {
     /// A past time becomes `now` at the latest (it is due).
     fn instant(self, t: SystemTime) -> Instant {
         match t.duration_since(self.wall) {
-            Ok(ahead) => self.now + ahead,
+            // A century at most: a garbage time must not overflow Instant.
+            Ok(ahead) => self.now + ahead.min(Duration::from_secs(100 * 365 * 86_400)),
             Err(e) => self.now.checked_sub(e.duration()).unwrap_or(self.now),
         }
     }
