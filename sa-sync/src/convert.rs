@@ -454,9 +454,13 @@ pub fn publish_for(
             })
         }
         E::ChildSaDeleted { spi_in, .. } => Some(Publish::Delete(Key::ChildSa(*spi_in))),
+        // The event names the SPIs itself: the endpoint has forgotten the
+        // handle by the time the driver sees it.
         E::IkeSaDeleted { info, .. } | E::IkeSaFailed { info, .. } => {
-            let (spi_i, spi_r) = ike_spis(info.handle)?;
-            Some(Publish::DeleteChildrenOf { spi_i, spi_r })
+            Some(Publish::DeleteChildrenOf {
+                spi_i: info.spi_i,
+                spi_r: info.spi_r,
+            })
         }
         _ => None,
     }
