@@ -388,3 +388,81 @@ fn debug_of_the_state_shows_no_key_bytes() {
     assert!(text.contains("redacted"));
     assert!(text.contains("site-a"));
 }
+
+/// After the takeover P rekeys the IKE SA itself (RFC 7296 §2.18): node 2
+/// derives the new keys from the adopted SK_d, moves the child SA to the
+/// new SA and announces the new SA's state; the old one is not exportable.
+#[test]
+fn ike_rekey_after_takeover_is_answered_and_announced() {
+    let (mut p, node2) = setup(TunnelSpec::site(), TunnelSpec::hub);
+    let h1 = handle(&p.b);
+    let state = p.b.export_ike_sa(p.now, h1).unwrap();
+    let (_node1, h2) = take_over(&mut p, node2, &state);
+    let ph = handle(&p.a);
+    let child = p.a.child_sas_of(ph)[0];
+    assert!(p.a.rekey_ike_sa(p.now, ph));
+    p.drive_for(Duration::from_secs(1));
+    let new = p
+        .b_events
+        .iter()
+        .find_map(|e| match e {
+            Event::IkeSaRekeyed { old, new } if *old == h2 => Some(new.handle),
+            _ => None,
+        })
+        .expect("node 2 rekeyed the adopted SA");
+    let rekeyed_at = p
+        .b_events
+        .iter()
+        .position(|e| matches!(e, Event::IkeSaRekeyed { .. }))
+        .unwrap();
+    assert!(p.b_events[rekeyed_at..]
+        .iter()
+        .any(|e| matches!(e, Event::IkeSaUpdated(h) if *h == new)));
+    assert!(p.b_events.iter().any(|e| matches!(e,
+        Event::IkeSaDeleted { info, reason: SaEndReason::DeletedByPeer } if info.handle == h2)));
+    let s = p.b.export_ike_sa(p.now, new).unwrap();
+    assert_ne!((s.spi_i, s.spi_r), (state.spi_i, state.spi_r));
+    assert_ne!(s.keys.sk_d, state.keys.sk_d);
+    assert_eq!(s.children.len(), 1);
+    assert_eq!(p.b.export_ike_sa(p.now, h2), None, "the old SA is gone");
+    // The new IKE SA works: P rekeys the child SA over it.
+    let ph = handle(&p.a);
+    assert!(p.a.rekey_child_sa(p.now, ph, child));
+    p.drive_for(Duration::from_secs(1));
+    assert_eq!(p.a.child_sas_of(ph).len(), 1);
+    assert_ne!(p.a.child_sas_of(ph)[0], child);
+    assert_eq!(p.a.counters().tx_retransmits, 0);
+}
+
+/// The hub side starts exchanges too: node 2's own liveness checks and its
+/// DELETE of the IKE SA reach P with message IDs P expects.
+#[test]
+fn node2_initiates_on_the_adopted_sa() {
+    let hub = || TunnelSpec {
+        dpd: Some(30),
+        ..TunnelSpec::hub()
+    };
+    let (mut p, node2) = setup(TunnelSpec::site(), hub);
+    // Node 1 checks liveness twice first (its request IDs move).
+    p.drive_for(Duration::from_secs(65));
+    let h1 = handle(&p.b);
+    let state = p.b.export_ike_sa(p.now, h1).unwrap();
+    assert_eq!(state.next_request_id, 2);
+    let (_node1, h2) = take_over(&mut p, node2, &state);
+    let dropped = p.a.counters().rx_dropped;
+    p.drive_for(Duration::from_secs(65));
+    assert_eq!(p.a.counters().rx_dropped, dropped);
+    assert_eq!(p.b.counters().tx_retransmits, 0);
+    assert!(p.b.export_ike_sa(p.now, h2).unwrap().next_request_id >= 4);
+    assert!(p.b.delete_ike_sa(p.now, h2));
+    p.drive_for(Duration::from_secs(1));
+    assert!(p.a.ike_sas().is_empty());
+    assert!(p.b.ike_sas().is_empty());
+    assert!(p.a_events.iter().any(|e| matches!(
+        e,
+        Event::IkeSaDeleted {
+            reason: SaEndReason::DeletedByPeer,
+            ..
+        }
+    )));
+}
