@@ -234,9 +234,9 @@ fn snapshot_beyond_the_window_is_not_resynced() {
     assert!(p.a.counters().tx_retransmits > 0);
 }
 
-/// Node 1 sent a liveness check, P answered, the answer was lost with node
-/// 1. Node 2 retransmits the very request; P answers from its cache, and
-/// both sides go on with the same next message ID.
+/// Node 1 sent a liveness check, P answered, the answer was lost with
+/// node 1. Node 2 retransmits the very request; P answers from its cache,
+/// and both sides go on with the same next message ID.
 #[test]
 fn request_in_flight_is_retransmitted_by_the_new_owner() {
     let hub = || TunnelSpec {
