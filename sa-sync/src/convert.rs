@@ -455,12 +455,16 @@ pub fn publish_for(
         }
         E::ChildSaDeleted { spi_in, .. } => Some(Publish::Delete(Key::ChildSa(*spi_in))),
         // The event names the SPIs itself: the endpoint has forgotten the
-        // handle by the time the driver sees it.
-        E::IkeSaDeleted { info, .. } | E::IkeSaFailed { info, .. } => {
-            Some(Publish::DeleteChildrenOf {
-                spi_i: info.spi_i,
-                spi_r: info.spi_r,
-            })
+        // handle by the time the driver sees it. Only established SAs end
+        // with IkeSaDeleted, so unauthenticated garbage cannot make us
+        // scan the table.
+        E::IkeSaDeleted { info, .. } => Some(Publish::DeleteChildrenOf {
+            spi_i: info.spi_i,
+            spi_r: info.spi_r,
+        }),
+        E::IkeSaFailed { info, .. } => {
+            let (spi_i, spi_r) = ike_spis(info.handle)?;
+            Some(Publish::DeleteChildrenOf { spi_i, spi_r })
         }
         _ => None,
     }
