@@ -747,6 +747,10 @@ fn log_event(event: &Event) {
             ?reason,
             "child SA failed"
         ),
+        // After every exchange: far too often for info.
+        Event::IkeSaUpdated(handle) => {
+            tracing::debug!(handle = handle.0, "IKE SA takeover state changed")
+        }
     }
 }
 

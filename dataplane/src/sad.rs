@@ -446,7 +446,10 @@ impl Sad {
                 local,
                 remote,
             } => Change::Moved(self.readdress(handle, local, remote)),
-            Event::IkeSaEstablished(_) | Event::ChildSaFailed { .. } => Change::None,
+            // IkeSaUpdated: takeover state for the bus, nothing for the SAD.
+            Event::IkeSaEstablished(_) | Event::ChildSaFailed { .. } | Event::IkeSaUpdated(_) => {
+                Change::None
+            }
         }
     }
 

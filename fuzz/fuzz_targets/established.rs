@@ -329,6 +329,12 @@ impl Tracker {
                     "side {side}: unannounced IKE SA {handle:?} moved"
                 );
             }
+            Event::IkeSaUpdated(handle) => {
+                assert!(
+                    self.ike.contains(&handle),
+                    "side {side}: takeover state of unannounced IKE SA {handle:?} updated"
+                );
+            }
             Event::ChildSaFailed { .. } => {}
         }
     }

@@ -22,6 +22,7 @@ mod fragment;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 mod lifecycle;
+mod takeover;
 
 use crate::auth;
 use crate::config::{EndpointConfig, TunnelConfig};
@@ -118,6 +119,11 @@ counters! {
     cookies_invalid,
     /// New IKE SAs we started to reauthenticate (RFC 7296 §2.8.3).
     reauthentications,
+    /// IKE SAs taken over from another node ([`Endpoint::adopt_ike_sa`]).
+    ike_sa_adopted,
+    /// Requests of the peer accepted ahead of the published Message ID
+    /// after an adoption.
+    msgid_resyncs,
 }
 
 /// Why [`Endpoint::initiate`] refused.
@@ -292,6 +298,12 @@ struct IkeSa {
     /// new SA). The redundant SA of a rekey collision (§2.8.2) never is,
     /// and so ends without an event either.
     announced: bool,
+    /// What the last `IkeSaUpdated` covered ([`takeover`]).
+    published: Option<takeover::Fingerprint>,
+    /// Adopted from another node and no request of the peer's seen yet: its
+    /// next request may be a little ahead of the published Message ID
+    /// ([`crate::takeover`]).
+    msgid_resync: bool,
 }
 
 impl IkeSa {
@@ -349,6 +361,8 @@ impl IkeSa {
             reauth_at: None,
             replaces: None,
             announced: false,
+            published: None,
+            msgid_resync: false,
         }
     }
 
@@ -1090,13 +1104,30 @@ impl Endpoint {
             self.counters.rx_dropped += 1;
             return true;
         }
-        if id != sa.next_peer_request_id {
+        // After an adoption the old owner may have answered requests we
+        // never heard of: a request a little ahead is taken if it
+        // authenticates ([`crate::takeover`]).
+        let ahead = id.wrapping_sub(sa.next_peer_request_id);
+        let resync = sa.msgid_resync && ahead < crate::takeover::MSGID_RESYNC_WINDOW;
+        if id != sa.next_peer_request_id && !resync {
             self.counters.rx_dropped += 1;
             return true;
         }
         let Some(payloads) = self.open(sa, data, &msg) else {
             return true;
         };
+        if sa.msgid_resync {
+            sa.msgid_resync = false;
+            if ahead != 0 {
+                self.counters.msgid_resyncs += 1;
+                tracing::debug!(
+                    handle = sa.handle.0,
+                    expected = sa.next_peer_request_id,
+                    got = id,
+                    "adopted IKE SA: message ID resynchronised"
+                );
+            }
+        }
         self.follow_peer(sa, local, remote);
         sa.next_peer_request_id = id.wrapping_add(1);
         sa.last_request_hash = Some(prf::sha1(&[data]));
@@ -2224,6 +2255,7 @@ impl Endpoint {
     }
 
     fn put_back(&mut self, mut sa: IkeSa) {
+        self.note_update(&mut sa);
         let next = sa.next_timer(self.dpd_due(&sa), self.keepalive_due(&sa));
         if sa.scheduled != next {
             if let Some(old) = sa.scheduled {

@@ -165,4 +165,19 @@ pub enum Event {
         ike: IkeSaHandle,
         reason: crate::wire::registry::NotifyType,
     },
+    /// What another node needs to take this established IKE SA over
+    /// changed: call [`crate::Endpoint::export_ike_sa`] and publish it
+    /// (sa-sync `Key::IkeSa`). It comes after the events of the change it
+    /// covers, so a driver that publishes on it publishes the result, and
+    /// before the driver sends that input's datagrams if it polls events
+    /// first (a barrier can then hold them back). When: once the SA is
+    /// established (after `IkeSaEstablished` and its first child), after
+    /// every exchange that moved a Message ID in either direction
+    /// (including a request of ours just sent), when the peer moved, after
+    /// a child SA came or went, for the new SA of an IKE SA rekey (after
+    /// `IkeSaRekeyed`), and after [`crate::Endpoint::adopt_ike_sa`] (the
+    /// new owner publishes). Never for an SA that is not established or has
+    /// been replaced by a rekey; its end is `IkeSaDeleted` as usual. Drivers
+    /// that do not replicate IKE SAs ignore it.
+    IkeSaUpdated(IkeSaHandle),
 }

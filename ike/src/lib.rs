@@ -8,6 +8,8 @@
 //! - [`config`], [`identity`], [`proposal`], [`ts`]: what a tunnel is, in
 //!   strongSwan's vocabulary, and how offers are matched against it.
 //! - [`spi`]: SPIs that carry the allocating node's index.
+//! - [`takeover`]: the state another node needs to take an established IKE
+//!   SA over ([`Endpoint::export_ike_sa`], [`Endpoint::adopt_ike_sa`]).
 //! - [`auth`]: IKE_AUTH with pre-shared keys or certificates (RFC 7427
 //!   signatures, CERT/CERTREQ, chain validation, IDs from certificates).
 
@@ -20,6 +22,7 @@ mod keys;
 pub mod proposal;
 mod sk;
 pub mod spi;
+pub mod takeover;
 pub mod ts;
 pub mod wire;
 
@@ -36,3 +39,4 @@ pub use event::{
 };
 pub use identity::Identity;
 pub use proposal::{ProposalSpec, Selected};
+pub use takeover::{AdoptError, IkeSaState};

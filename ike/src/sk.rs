@@ -81,6 +81,17 @@ impl SkCrypto {
         })
     }
 
+    /// The AEAD IV counter of the next message we seal (takeover state).
+    pub(crate) fn next_iv(&self) -> u64 {
+        self.next_iv
+    }
+
+    /// Continues sealing at IV counter `iv` (an adopted SA, whose old owner
+    /// used the IVs below it).
+    pub(crate) fn set_next_iv(&mut self, iv: u64) {
+        self.next_iv = iv;
+    }
+
     /// Builds a whole protected message: `header` (next payload and length
     /// are filled in) with `payloads` inside SK. `we_are_initiator` is the
     /// original-initiator role of the IKE SA, which picks the keys.

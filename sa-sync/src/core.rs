@@ -418,15 +418,17 @@ impl Node {
     }
 
     /// Tombstones every live child SA record of the IKE SA `(spi_i, spi_r)`
-    /// (RFC 7296 §1.4.1: deleting an IKE SA closes its children). Returns
-    /// how many.
+    /// (RFC 7296 §1.4.1: deleting an IKE SA closes its children), and the
+    /// IKE SA's own takeover record (`Key::IkeSa`). Returns how many
+    /// records it tombstoned.
     pub fn delete_children_of(&mut self, spi_i: u64, spi_r: u64, now: u64) -> usize {
         let keys: Vec<Key> = self
             .table
             .entries()
-            .filter(|(_, e)| {
-                matches!(&e.record.body, Some(Body::ChildSa(c))
-                    if c.ike_spi_i == spi_i && c.ike_spi_r == spi_r)
+            .filter(|(k, e)| match &e.record.body {
+                Some(Body::ChildSa(c)) => c.ike_spi_i == spi_i && c.ike_spi_r == spi_r,
+                Some(Body::IkeSa(_)) => **k == Key::IkeSa { spi_i, spi_r },
+                _ => false,
             })
             .map(|(k, _)| k.clone())
             .collect();

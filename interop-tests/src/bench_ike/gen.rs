@@ -585,6 +585,7 @@ impl Generator {
             Event::IkeSaEstablished(_)
             | Event::IkeSaRekeyed { .. }
             | Event::IkeSaMoved { .. }
+            | Event::IkeSaUpdated(_)
             | Event::ChildSaDeleted { .. } => {}
         }
     }
