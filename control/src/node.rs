@@ -23,7 +23,7 @@ use crate::status::{
     MAX_REQUEST_LEN,
 };
 use anyhub_dataplane::{Change, Sad, SadConfig};
-use anyhub_ike::{ts, Endpoint, Event, Transmit};
+use anyhub_ike::{ts, Endpoint, Event, IkeSaHandle, Transmit};
 use std::future::poll_fn;
 use std::io;
 use std::net::SocketAddr;
@@ -111,10 +111,27 @@ struct Node {
 }
 
 /// One IKE SA's messages held for its child SAs' barriers.
-#[derive(Default)]
 struct Held {
+    /// The IKE SA here (its events are held too).
+    handle: IkeSaHandle,
     open: usize,
     messages: Vec<Transmit>,
+    /// Its SA database events, applied when the messages go: the new
+    /// child SA must not carry our outbound traffic before the peer has
+    /// the response that installs its inbound half.
+    events: Vec<Event>,
+}
+
+/// The IKE SA an event is about (as the SA database sees it).
+fn event_ike(event: &Event) -> Option<IkeSaHandle> {
+    match event {
+        Event::IkeSaEstablished(i) => Some(i.handle),
+        Event::IkeSaRekeyed { old, .. } => Some(*old),
+        Event::IkeSaMoved { handle, .. } | Event::IkeSaUpdated(handle) => Some(*handle),
+        Event::IkeSaDeleted { info, .. } | Event::IkeSaFailed { info, .. } => Some(info.handle),
+        Event::ChildSaEstablished(c) => Some(c.ike),
+        Event::ChildSaDeleted { ike, .. } | Event::ChildSaFailed { ike, .. } => Some(*ike),
+    }
 }
 
 /// The IKE SPIs of a message (RFC 7296 §3.1: the header starts with them).
@@ -210,6 +227,7 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
         None => None,
     };
     let mut barrier_rx = sync.as_mut().and_then(crate::sync::SyncBus::take_barriers);
+    let mut owners_rx = sync.as_mut().and_then(crate::sync::SyncBus::take_owners);
     let mut node = Node {
         sync,
         held: std::collections::HashMap::new(),
@@ -260,9 +278,16 @@ async fn drive_node(config: DaemonConfig) -> Result<(), NodeError> {
                     None => std::future::pending().await,
                 }
             } => {
+                node.adopt_if_ours(&message);
                 node.endpoint.handle(Instant::now(), local, from, &message);
             }
             () = routes_changed.notified() => node.refresh_routes(),
+            Some((spi_i, spi_r, owner)) = async {
+                match &mut owners_rx {
+                    Some(rx) => rx.recv().await,
+                    None => std::future::pending().await,
+                }
+            } => node.release_to(spi_i, spi_r, owner),
             _ = seq_tick.tick(), if node.sync.is_some() => {
                 if let Some(s) = &mut node.sync {
                     s.seq_tick(&node.sadb);
@@ -391,7 +416,70 @@ impl Node {
         } else {
             data
         };
+        self.adopt_if_ours(ike);
         self.endpoint.handle(Instant::now(), local, from, ike);
+    }
+
+    /// An IKE message for an IKE SA another node owned (its takeover
+    /// record is here, we do not hold the SA): anycast moved the peer to
+    /// us, so we adopt it before the endpoint sees the message (docs/sa-sync.md,
+    /// "IKE SA takeover state"). The replicated child SAs move under it.
+    fn adopt_if_ours(&mut self, message: &[u8]) {
+        let Some(sync) = &mut self.sync else { return };
+        let Some((spi_i, spi_r)) = ike_spis_of(message) else {
+            return;
+        };
+        if spi_r == 0 || !sync.has_ike_state(spi_i, spi_r) {
+            return;
+        }
+        if self.endpoint.ike_sa_by_spis(spi_i, spi_r).is_some() {
+            return;
+        }
+        let Some(state) = sync.take_ike_state(spi_i, spi_r) else {
+            return;
+        };
+        match self.endpoint.adopt_ike_sa(Instant::now(), &state) {
+            Ok(handle) => {
+                sync.ike_adopted += 1;
+                let moved = self
+                    .sadb
+                    .move_ike_sa(anyhub_sa_sync::convert::remote_handle(spi_i, spi_r), handle);
+                tracing::info!(
+                    tunnel = %state.tunnel,
+                    spi_i = %format_args!("{spi_i:016x}"),
+                    spi_r = %format_args!("{spi_r:016x}"),
+                    child_sas = moved,
+                    "IKE SA taken over from another node"
+                );
+            }
+            Err(error) => {
+                sync.ike_adopt_refused += 1;
+                tracing::warn!(%error, spi_i = %format_args!("{spi_i:016x}"), "IKE SA record not adopted");
+            }
+        }
+    }
+
+    /// Node `owner` published our IKE SA as its own: it took it over, so
+    /// we forget ours silently (no DELETE: the tunnel lives on there).
+    fn release_to(&mut self, spi_i: u64, spi_r: u64, owner: u32) {
+        let Some(handle) = self.endpoint.ike_sa_by_spis(spi_i, spi_r) else {
+            return;
+        };
+        if self.endpoint.release_ike_sa(handle) {
+            let moved = self
+                .sadb
+                .move_ike_sa(handle, anyhub_sa_sync::convert::remote_handle(spi_i, spi_r));
+            if let Some(s) = &mut self.sync {
+                s.ike_released += 1;
+            }
+            tracing::info!(
+                spi_i = %format_args!("{spi_i:016x}"),
+                spi_r = %format_args!("{spi_r:016x}"),
+                owner,
+                child_sas = moved,
+                "IKE SA taken over by another node; released here"
+            );
+        }
     }
 
     /// Sends everything the endpoint queued and applies its events.
@@ -405,16 +493,30 @@ impl Node {
             log_event(&event);
             if let Some(s) = &mut self.sync {
                 if let Some(ike) = s.publish(&event, &self.endpoint) {
-                    self.held.entry(ike).or_default().open += 1;
+                    let handle = event_ike(&event).expect("a child SA names its IKE SA");
+                    self.held
+                        .entry(ike)
+                        .or_insert_with(|| Held {
+                            handle,
+                            open: 0,
+                            messages: Vec::new(),
+                            events: Vec::new(),
+                        })
+                        .open += 1;
+                }
+                if let Event::IkeSaUpdated(handle) = &event {
+                    if let Some(state) = self.endpoint.export_ike_sa(Instant::now(), *handle) {
+                        s.publish_ike(&state);
+                    }
                 }
             }
-            match self.sadb.handle_event(Instant::now(), event) {
-                Change::Refused { spi_in, error } => {
-                    tracing::warn!(spi_in = %format_args!("{spi_in:08x}"), %error, "child SA not installed in the dataplane");
-                }
-                Change::None => {}
-                _ => changed = true,
+            if let Some(h) = event_ike(&event)
+                .and_then(|handle| self.held.values_mut().find(|h| h.handle == handle))
+            {
+                h.events.push(event);
+                continue;
             }
+            changed |= self.apply_event(event);
         }
         if changed {
             self.refresh_routes();
@@ -430,8 +532,21 @@ impl Node {
         }
     }
 
+    /// One local event into the SA database; whether routes changed.
+    fn apply_event(&mut self, event: Event) -> bool {
+        match self.sadb.handle_event(Instant::now(), event) {
+            Change::Refused { spi_in, error } => {
+                tracing::warn!(spi_in = %format_args!("{spi_in:08x}"), %error, "child SA not installed in the dataplane");
+                false
+            }
+            Change::None => false,
+            _ => true,
+        }
+    }
+
     /// A barrier ended: once its IKE SA has no other open barrier, its
-    /// held messages go out in order.
+    /// held events reach the SA database and its held messages go out,
+    /// in order.
     async fn barrier_done(&mut self, done: crate::sync::BarrierDone) {
         if let Some(s) = &mut self.sync {
             s.note_barrier(&done);
@@ -454,11 +569,19 @@ impl Node {
         if h.open > 0 {
             return;
         }
-        let messages = self
-            .held
-            .remove(&done.ike)
-            .map(|h| h.messages)
-            .unwrap_or_default();
+        let Some(Held {
+            messages, events, ..
+        }) = self.held.remove(&done.ike)
+        else {
+            return;
+        };
+        let mut changed = false;
+        for event in events {
+            changed |= self.apply_event(event);
+        }
+        if changed {
+            self.refresh_routes();
+        }
         if let Some(s) = &mut self.sync {
             s.held_messages += messages.len() as u64;
         }

@@ -45,6 +45,11 @@ struct Shared {
     /// Records from other nodes installed in / refused by the SA database.
     sad_applied: u64,
     install_refused: u64,
+    /// Other nodes' IKE SA takeover records, by SPIs: what this node adopts
+    /// when the peer's next message for one of them arrives here. Bounded by
+    /// the table (one per IKE SA of the fleet); tombstones and expiry
+    /// remove them.
+    ike_states: std::collections::HashMap<(u64, u64), Box<pb::IkeSa>>,
 }
 
 /// One IKE SA's messages are held until this arrives (`ike` = its SPIs).
@@ -66,6 +71,7 @@ enum Write {
         publish: Publish,
         ike: (u64, u64),
         spi_in: u32,
+        wait: WaitFor,
     },
 }
 
@@ -75,6 +81,8 @@ pub struct SyncBus {
     index: u16,
     writes: mpsc::UnboundedSender<Write>,
     barriers: Option<mpsc::UnboundedReceiver<BarrierDone>>,
+    /// (spi_i, spi_r, owner) of IKE SA records another node wrote.
+    owners: Option<mpsc::UnboundedReceiver<(u64, u64, u32)>>,
     shared: Arc<Mutex<Shared>>,
     /// Outbound sequence reservations and floors (seq.rs).
     seq: Arc<Mutex<SeqTable>>,
@@ -90,6 +98,11 @@ pub struct SyncBus {
     pub barrier_max_ms: u64,
     /// IKE messages that waited for a barrier before they were sent.
     pub held_messages: u64,
+    /// IKE SAs adopted from another node's record / records refused by
+    /// the endpoint / our IKE SAs released to their new owner.
+    pub ike_adopted: u64,
+    pub ike_adopt_refused: u64,
+    pub ike_released: u64,
 }
 
 /// Starts the bus (on the current tokio runtime) with `name`'s fleet
@@ -109,6 +122,7 @@ pub fn start(
     let on_event_shared = shared.clone();
     let seq = Arc::new(Mutex::new(SeqTable::default()));
     let cb_seq = seq.clone();
+    let (owner_tx, owner_rx) = mpsc::unbounded_channel();
     // Installed here, in the bus's task, before the bus acknowledges the
     // record (quic.rs sends frames after events): another node's barrier
     // then means the SA is in our dataplane. Routes for outbound traffic
@@ -149,18 +163,50 @@ pub fn start(
                 lock(&on_event_shared).records_refused += 1;
                 tracing::warn!(%error, "sync: a record does not convert to an SA; dropped");
             }
-            None => {
-                if let anyhub_sa_sync::Event::Applied {
+            None => match ev {
+                anyhub_sa_sync::Event::Applied {
                     key: Key::Seq { spi_in, .. },
                     record,
                     ..
-                } = ev
-                {
+                } => {
                     if let Some(pb::record::Body::Seq(r)) = &record.body {
                         lock_seq(&cb_seq).floor(&sadb, *spi_in, r.reserved, Instant::now());
                     }
                 }
-            }
+                anyhub_sa_sync::Event::Applied {
+                    key: Key::IkeSa { spi_i, spi_r },
+                    record,
+                    ..
+                } => match &record.body {
+                    Some(pb::record::Body::IkeSa(ike)) => {
+                        let owner = ike.owner;
+                        lock(&on_event_shared)
+                            .ike_states
+                            .insert((*spi_i, *spi_r), Box::new(ike.clone()));
+                        if owner != u32::from(index) {
+                            // If we hold it, another node took it over.
+                            let _ = owner_tx.send((*spi_i, *spi_r, owner));
+                        }
+                    }
+                    _ => {
+                        lock(&on_event_shared).ike_states.remove(&(*spi_i, *spi_r));
+                        // Deleted, or taken over and rekeyed, elsewhere (the
+                        // feed may carry only the tombstone): if we still hold
+                        // it, our copy is stale.
+                        let origin = record.version.as_ref().map_or(0, |v| v.origin);
+                        if origin != u32::from(index) {
+                            let _ = owner_tx.send((*spi_i, *spi_r, origin));
+                        }
+                    }
+                },
+                anyhub_sa_sync::Event::Expired {
+                    key: Key::IkeSa { spi_i, spi_r },
+                    ..
+                } => {
+                    lock(&on_event_shared).ike_states.remove(&(*spi_i, *spi_r));
+                }
+                _ => {}
+            },
         },
     )
     .map_err(|e| format!("sync.listen: {e}"))?;
@@ -181,7 +227,6 @@ pub fn start(
     let timeout_ms = cfg.barrier_timeout.as_millis() as u64;
     let wbus = bus.clone();
     let wshared = shared.clone();
-    let bwait = wait.clone();
     tokio::spawn(async move {
         while let Some(w) = writes_rx.recv().await {
             let p = match w {
@@ -195,13 +240,13 @@ pub fn start(
                         },
                     ike,
                     spi_in,
+                    wait,
                 } => {
                     // Handed to the bus now (in order); awaited aside, so
                     // one slow barrier never delays the next write.
-                    let started = bwait.clone().ok_or(()).and_then(|w| {
-                        wbus.start_barrier(key, *body, expires_ms, w, timeout_ms)
-                            .map_err(drop)
-                    });
+                    let started = wbus
+                        .start_barrier(key, *body, expires_ms, wait, timeout_ms)
+                        .map_err(drop);
                     let tx = barrier_tx.clone();
                     let bshared = wshared.clone();
                     tokio::spawn(async move {
@@ -269,6 +314,7 @@ pub fn start(
         index,
         writes,
         barriers: Some(barrier_rx),
+        owners: Some(owner_rx),
         shared,
         seq,
         wait,
@@ -279,6 +325,9 @@ pub fn start(
         barrier_failed: 0,
         barrier_max_ms: 0,
         held_messages: 0,
+        ike_adopted: 0,
+        ike_adopt_refused: 0,
+        ike_released: 0,
     })
 }
 
@@ -310,6 +359,44 @@ fn lock(m: &Mutex<Shared>) -> std::sync::MutexGuard<'_, Shared> {
 }
 
 impl SyncBus {
+    /// The receiver of other nodes' IKE SA ownership (once; the loop owns it).
+    pub fn take_owners(&mut self) -> Option<mpsc::UnboundedReceiver<(u64, u64, u32)>> {
+        self.owners.take()
+    }
+
+    /// Another node's takeover record for this IKE SA, taken out of the
+    /// map (adopt it once). `None` if there is none or it does not convert.
+    pub fn take_ike_state(&mut self, spi_i: u64, spi_r: u64) -> Option<anyhub_ike::IkeSaState> {
+        let mut shared = lock(&self.shared);
+        let record = shared.ike_states.remove(&(spi_i, spi_r))?;
+        match convert::ike_state_from_pb(&record) {
+            Ok(s) => Some(s),
+            Err(error) => {
+                shared.records_refused += 1;
+                tracing::warn!(%error, "sync: an IKE SA record does not convert; dropped");
+                None
+            }
+        }
+    }
+
+    /// Whether another node's takeover record for these SPIs is here
+    /// (cheap: one lookup per incoming IKE message).
+    pub fn has_ike_state(&self, spi_i: u64, spi_r: u64) -> bool {
+        lock(&self.shared).ike_states.contains_key(&(spi_i, spi_r))
+    }
+
+    /// Publishes our IKE SA's takeover state (on `Event::IkeSaUpdated`).
+    pub fn publish_ike(&mut self, state: &anyhub_ike::IkeSaState) {
+        /// An IKE SA without a hard lifetime: its record is refreshed on
+        /// every exchange anyway.
+        const FALLBACK_MS: u64 = 24 * 3600 * 1000;
+        let expires_ms = convert::ike_state_expiry_ms(state, now_ms(), FALLBACK_MS);
+        self.queued += 1;
+        let _ = self.writes.send(Write::Plain(convert::publish_ike_state(
+            state, self.index, expires_ms,
+        )));
+    }
+
     /// The receiver of barrier outcomes (once; the loop owns it).
     pub fn take_barriers(&mut self) -> Option<mpsc::UnboundedReceiver<BarrierDone>> {
         self.barriers.take()
@@ -353,17 +440,18 @@ impl SyncBus {
             _ => None,
         };
         let held = match (ev, &p, &self.wait) {
-            (Event::ChildSaEstablished(c), Publish::Write { .. }, Some(_)) => {
-                spis(c.ike).map(|ike| (ike, c.spi_in))
+            (Event::ChildSaEstablished(c), Publish::Write { .. }, Some(w)) => {
+                spis(c.ike).map(|ike| (ike, c.spi_in, self.barrier_set(w)))
             }
             _ => None,
         };
         // The writer stops only with the runtime.
-        let _ = self.writes.send(match held {
-            Some((ike, spi_in)) => Write::Barrier {
+        let _ = self.writes.send(match held.clone() {
+            Some((ike, spi_in, wait)) => Write::Barrier {
                 publish: p,
                 ike,
                 spi_in,
+                wait,
             },
             None => Write::Plain(p),
         });
@@ -374,7 +462,24 @@ impl SyncBus {
             let reserved = lock_seq(&self.seq).reserve_new(spi_in);
             self.queue_reservation(spi_in, reserved, expires_ms);
         }
-        held.map(|(ike, _)| ike)
+        held.map(|(ike, _, _)| ike)
+    }
+
+    /// `"all"` means every peer connected as of the last status poll: a
+    /// node that is down receives no traffic, and holding every handshake
+    /// for it would only slow the fleet down while it is gone (it catches
+    /// up when it returns). Before the first poll: every configured peer.
+    fn barrier_set(&self, w: &WaitFor) -> WaitFor {
+        match (w, &lock(&self.shared).status) {
+            (WaitFor::All, Some(st)) => WaitFor::Set(
+                st.peers
+                    .iter()
+                    .filter(|p| p.connected)
+                    .map(|p| p.peer)
+                    .collect(),
+            ),
+            (w, _) => w.clone(),
+        }
     }
 
     fn queue_reservation(&mut self, spi_in: u32, reserved: u64, expires_ms: u64) {
@@ -413,6 +518,9 @@ impl SyncBus {
             "barrier_failed": self.barrier_failed,
             "barrier_max_ms": self.barrier_max_ms,
             "held_messages": self.held_messages,
+            "ike_adopted": self.ike_adopted,
+            "ike_adopt_refused": self.ike_adopt_refused,
+            "ike_released": self.ike_released,
             "seq_reservations": seq.reservations,
             "seq_jumps": seq.jumps,
             "seq_jumps_deferred": seq.deferred,

@@ -466,3 +466,27 @@ fn node2_initiates_on_the_adopted_sa() {
         }
     )));
 }
+
+/// Node 1 learns that node 2 took the SA over and releases its copy: the
+/// SA is gone without a DELETE, an event or a timer (no DPD, no rekey from
+/// the stale copy), and SPI lookup finds it only where it lives.
+#[test]
+fn the_old_owner_releases_silently() {
+    let (mut p, node2) = setup(dpd_site(), TunnelSpec::hub);
+    let h1 = handle(&p.b);
+    let info = p.b.ike_sas()[0].clone();
+    assert_eq!(p.b.ike_sa_by_spis(info.spi_i, info.spi_r), Some(h1));
+    assert_eq!(p.b.ike_sa_by_spis(info.spi_i, info.spi_r ^ 1), None);
+    assert_eq!(p.b.ike_sa_by_spis(info.spi_r, info.spi_i), None);
+    let state = p.b.export_ike_sa(p.now, h1).unwrap();
+    let (mut node1, h2) = take_over(&mut p, node2, &state);
+    assert_eq!(p.b.ike_sa_by_spis(info.spi_i, info.spi_r), Some(h2));
+    while node1.poll_event().is_some() {}
+    while node1.poll_transmit().is_some() {}
+    assert!(node1.release_ike_sa(h1));
+    assert!(!node1.release_ike_sa(h1), "released once");
+    assert!(node1.ike_sas().is_empty());
+    assert_eq!(node1.ike_sa_by_spis(info.spi_i, info.spi_r), None);
+    assert_eq!(node1.poll_timeout(), None, "no timer of the released SA");
+    assert!(node1.poll_event().is_none() && node1.poll_transmit().is_none());
+}

@@ -465,10 +465,73 @@ fn drive_anycast(bins: &Binaries, lab: &AnycastLab, show: bool) -> Result<()> {
     ping_strict(lab, PINGS).context("on node 2 after node 1 was killed")?;
     lab.steer(3)?;
     ping_strict(lab, PINGS).context("steered to node 3 after node 1 was killed")?;
+    // The IKE SA lives on: the site rekeys its child SA while steered to
+    // node 3, which adopts node 1's replicated IKE SA state to answer;
+    // then, steered to node 2, it rekeys the IKE SA, which node 2 adopts
+    // from node 3's record (and node 3 releases).
+    let ctl = |args: &[&str]| -> Result<()> {
+        let out = site.swanctl(args, Duration::from_secs(15))?;
+        ensure!(
+            out.success(),
+            "swanctl {}: {}",
+            args.join(" "),
+            out.text.trim().replace('\n', " | ")
+        );
+        Ok(())
+    };
+    ctl(&["--rekey", "--child", "site"])?;
+    let new_child = lab::eventually(Duration::from_secs(10), || {
+        let st = nodes[2].status()?;
+        ensure!(
+            st.ike_sas.len() == 1,
+            "node 3 holds no IKE SA: {:?}",
+            st.ike_sas
+        );
+        st.child_sas
+            .iter()
+            .find(|c| c.spi_in != child.spi_in && c.remote_ts == child.remote_ts)
+            .cloned()
+            .ok_or_else(|| anyhow!("node 3 has no rekeyed child SA"))
+    })
+    .context("the site's child SA rekey, answered by node 3 after node 1 died")?;
+    let s3 = nodes[2].status()?;
+    ensure!(
+        sync_of(&s3)?["counters"]["ike_adopted"].as_u64() == Some(1),
+        "node 3 did not count its adoption: {}",
+        sync_of(&s3)?
+    );
+    ping_strict(lab, PINGS).context("on node 3 after the child SA rekey")?;
+    lab.steer(2)?;
+    lab::eventually(Duration::from_secs(5), || {
+        let st = nodes[1].status()?;
+        child_on(&st, new_child.spi_in)
+            .map(|_| ())
+            .ok_or_else(|| anyhow!("node 2 lacks the rekeyed child SA {:08x}", new_child.spi_in))
+    })?;
+    ping_strict(lab, PINGS).context("on node 2 with the rekeyed child SA")?;
+    let old_ike = s3.ike_sas[0].clone();
+    ctl(&["--rekey", "--ike", "site"])?;
+    lab::eventually(Duration::from_secs(10), || {
+        let (st2, st3) = (nodes[1].status()?, nodes[2].status()?);
+        ensure!(
+            st2.ike_sas.len() == 1 && st2.ike_sas[0].spi_i != old_ike.spi_i,
+            "node 2 does not hold the rekeyed IKE SA: {:?}",
+            st2.ike_sas
+        );
+        ensure!(
+            st3.ike_sas.is_empty(),
+            "node 3 still holds an IKE SA: {:?}",
+            st3.ike_sas
+        );
+        Ok(())
+    })
+    .context("the site's IKE SA rekey, steered to node 2")?;
+    ping_strict(lab, PINGS).context("on node 2 after the IKE SA rekey")?;
     if show {
         for (i, hub) in nodes.iter_mut().enumerate().skip(1) {
             println!(
-                "\n=== node {} after the site's pings were steered 1 → 2 → 3 → 1 → 2, node 1 was killed, then → 3 ===",
+                "\n=== node {} after the site's pings were steered 1 → 2 → 3 → 1 → 2, node 1 was killed, \
+                 then → 3 (child SA rekey) → 2 (IKE SA rekey) ===",
                 i + 1
             );
             println!("{}", hub.status_text()?.trim_end());
@@ -476,7 +539,8 @@ fn drive_anycast(bins: &Binaries, lab: &AnycastLab, show: bool) -> Result<()> {
     }
     eprintln!(
         "    child SA {:08x}/{:08x}: negotiated on node 1, held by nodes 2 and 3 before the site could use it; \
-         pings answered by nodes 1, 2, 3, 1, 2, and by 2 and 3 after node 1 was killed",
+         pings answered by nodes 1, 2, 3, 1, 2, and by 2 and 3 after node 1 was killed; \
+         the child SA rekey answered by node 3 and the IKE SA rekey by node 2 (adopted IKE SA)",
         child.spi_in, child.spi_out
     );
     Ok(())

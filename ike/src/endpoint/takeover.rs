@@ -96,6 +96,35 @@ impl Endpoint {
         sa.published = fp;
     }
 
+    /// The IKE SA with these SPIs, if this endpoint holds it.
+    pub fn ike_sa_by_spis(&self, spi_i: u64, spi_r: u64) -> Option<IkeSaHandle> {
+        [spi_r, spi_i]
+            .iter()
+            .filter_map(|spi| self.by_spi.get(spi))
+            .copied()
+            .find(|h| {
+                self.sas
+                    .get(h)
+                    .is_some_and(|sa| sa.spi_i == spi_i && sa.spi_r == spi_r)
+            })
+    }
+
+    /// Another node took the IKE SA `handle` over (its replicated record
+    /// names another owner): forget it here without a word to the peer —
+    /// no DELETE, no event, no timer left — so two nodes never both run its
+    /// message IDs, DPD or rekeys. Its child SAs are the dataplane's
+    /// business (they stay: the fleet still uses them). Returns whether the
+    /// SA was here.
+    pub fn release_ike_sa(&mut self, handle: IkeSaHandle) -> bool {
+        match self.sas.remove(&handle) {
+            Some(sa) => {
+                self.forget(sa);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// A snapshot of the established IKE SA `handle` that another node can
     /// [`Endpoint::adopt_ike_sa`]: keys, message IDs, children (see
     /// [`crate::takeover`]). `now` anchors its lifetimes to the wall clock.
