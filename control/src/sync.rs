@@ -290,6 +290,9 @@ pub fn start(
                 Publish::DeleteChildrenOf { spi_i, spi_r } => {
                     wbus.delete_children_of(spi_i, spi_r).await.map(drop)
                 }
+                Publish::ReparentChildren { old, new } => {
+                    wbus.reparent_children(old, new).await.map(drop)
+                }
             };
             if let Err(error) = res {
                 lock(&wshared).publish_errors += 1;

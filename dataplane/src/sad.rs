@@ -480,6 +480,12 @@ impl Sad {
                 .get(&child.spi_in)
                 .map(|old| old.outbound.spi() == child.spi_out);
             if same == Some(true) {
+                // The same SA again (a replicated record re-written, e.g.
+                // moved to the new IKE SA of a rekey): keys, counters and
+                // replay window stay; only its IKE SA follows.
+                if let Some(c) = snap.inbound.get_mut(&child.spi_in) {
+                    c.ike = child.ike;
+                }
                 return true;
             }
             *order += 1;

@@ -258,7 +258,7 @@ const ANYCAST_BUS_PORT: u16 = 7100;
 /// Node `k`'s config in the anycast lab: the harness's hub tunnel on the
 /// anycast address, a dataplane, and `[sync]` with every other node and
 /// the default barrier ("all").
-fn anycast_config(lab: &AnycastLab, k: usize, fleet: &Path) -> String {
+fn anycast_config(lab: &AnycastLab, k: usize, fleet: &Path, bootstrap: bool) -> String {
     let dir = lab.node_dir(k);
     let base = config_toml(
         crate::lab::HUB_ADDR,
@@ -285,7 +285,7 @@ fn anycast_config(lab: &AnycastLab, k: usize, fleet: &Path) -> String {
          peers = [{}]\n",
         lab.node_addr(k),
         serde_json::to_string(&fleet.display().to_string()).expect("a string"),
-        k == 1,
+        bootstrap,
         peers.join(", "),
     )
 }
@@ -350,7 +350,7 @@ fn drive_anycast(bins: &Binaries, lab: &AnycastLab, show: bool) -> Result<()> {
                 &lab.nodes[k - 1],
                 &lab.node_dir(k),
                 bins,
-                &anycast_config(lab, k, &fleet),
+                &anycast_config(lab, k, &fleet, k == 1),
                 &level,
                 None,
             )
@@ -527,6 +527,35 @@ fn drive_anycast(bins: &Binaries, lab: &AnycastLab, show: bool) -> Result<()> {
     })
     .context("the site's IKE SA rekey, steered to node 2")?;
     ping_strict(lab, PINGS).context("on node 2 after the IKE SA rekey")?;
+
+    // Node 1 comes back (an empty process, not the fleet's first node any
+    // more): it catches up from the others — the rekeyed child SA and the
+    // other nodes' sequence reservations — and carries the site's traffic
+    // again when steered back to it.
+    nodes[0] = Anyhubd::start_text(
+        &lab.nodes[0],
+        &lab.node_dir(1),
+        bins,
+        &anycast_config(lab, 1, &fleet, false),
+        &level,
+        None,
+    )
+    .context("restarting node 1")?;
+    lab::eventually(Duration::from_secs(15), || {
+        let st = nodes[0].status()?;
+        let s = sync_of(&st)?;
+        ensure!(
+            s["caught_up"] == Value::Bool(true)
+                && s["peers_connected"].as_u64() == Some(ANYCAST_NODES as u64 - 1),
+            "restarted node 1 has not caught up: {s}"
+        );
+        child_on(&st, new_child.spi_in)
+            .map(|_| ())
+            .ok_or_else(|| anyhow!("restarted node 1 lacks child SA {:08x}", new_child.spi_in))
+    })
+    .context("node 1's catch-up after its restart")?;
+    lab.steer(1)?;
+    ping_strict(lab, PINGS).context("on the restarted node 1")?;
     if show {
         for (i, hub) in nodes.iter_mut().enumerate().skip(1) {
             println!(
@@ -540,7 +569,8 @@ fn drive_anycast(bins: &Binaries, lab: &AnycastLab, show: bool) -> Result<()> {
     eprintln!(
         "    child SA {:08x}/{:08x}: negotiated on node 1, held by nodes 2 and 3 before the site could use it; \
          pings answered by nodes 1, 2, 3, 1, 2, and by 2 and 3 after node 1 was killed; \
-         the child SA rekey answered by node 3 and the IKE SA rekey by node 2 (adopted IKE SA)",
+         the child SA rekey answered by node 3 and the IKE SA rekey by node 2 (adopted IKE SA); \
+         node 1 restarted, caught up and answered again",
         child.spi_in, child.spi_out
     );
     Ok(())

@@ -429,6 +429,10 @@ pub enum Publish {
     /// Tombstone every child SA of this IKE SA and its takeover record
     /// (`Key::IkeSa`) ([`crate::Node::delete_children_of`]).
     DeleteChildrenOf { spi_i: u64, spi_r: u64 },
+    /// An IKE SA rekey: its children move to the new IKE SA's SPIs
+    /// ([`crate::Node::reparent_children`]), before the old one's delete
+    /// (which would otherwise tombstone them fleet-wide).
+    ReparentChildren { old: (u64, u64), new: (u64, u64) },
 }
 
 /// Maps an event of our IKE endpoint to bus writes. `ike_spis` gives an IKE
@@ -466,6 +470,10 @@ pub fn publish_for(
             let (spi_i, spi_r) = ike_spis(info.handle)?;
             Some(Publish::DeleteChildrenOf { spi_i, spi_r })
         }
+        E::IkeSaRekeyed { old, new } => Some(Publish::ReparentChildren {
+            old: ike_spis(*old)?,
+            new: (new.spi_i, new.spi_r),
+        }),
         _ => None,
     }
 }

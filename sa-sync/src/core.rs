@@ -439,6 +439,36 @@ impl Node {
         n
     }
 
+    /// The IKE SA `old` was rekeyed into `new` (RFC 7296 §2.18): its child
+    /// SAs now belong to `new`. Writes every live child SA record of `old`
+    /// again with `new`'s SPIs (same SA, same expiry; a new version of
+    /// ours), so `old`'s delete — which tombstones its children — leaves
+    /// them alone, and `new`'s delete or takeover finds them. Returns how
+    /// many.
+    pub fn reparent_children(&mut self, old: (u64, u64), new: (u64, u64), now: u64) -> usize {
+        let children: Vec<(Key, pb::ChildSa, u64)> = self
+            .table
+            .entries()
+            .filter_map(|(k, e)| match &e.record.body {
+                Some(Body::ChildSa(c)) if (c.ike_spi_i, c.ike_spi_r) == old => {
+                    Some((k.clone(), c.clone(), e.record.expires_ms))
+                }
+                _ => None,
+            })
+            .collect();
+        let mut n = 0;
+        for (key, mut child, expires_ms) in children {
+            (child.ike_spi_i, child.ike_spi_r) = new;
+            if self
+                .write(key, Body::ChildSa(child), expires_ms, 0, now)
+                .is_ok()
+            {
+                n += 1;
+            }
+        }
+        n
+    }
+
     /// [`Node::publish`] and wait until `wait` nodes applied it, at most
     /// `timeout_ms`; the outcome comes as [`Event::Barrier`].
     pub fn publish_with_barrier(

@@ -127,6 +127,11 @@ enum Cmd {
         spi_r: u64,
         reply: Reply<usize>,
     },
+    ReparentChildren {
+        old: (u64, u64),
+        new: (u64, u64),
+        reply: Reply<usize>,
+    },
     Status(Reply<Status>),
     Holds(Vec<Key>, Reply<Vec<bool>>),
     Bootstrapped,
@@ -446,6 +451,9 @@ impl Bus {
                             Cmd::Delete { key, reply } => {
                                 let _ = reply.send(node.delete(key, now));
                             }
+                            Cmd::ReparentChildren { old, new, reply } => {
+                                let _ = reply.send(node.reparent_children(old, new, now));
+                            }
                             Cmd::DeleteChildrenOf { spi_i, spi_r, reply } => {
                                 let _ = reply.send(node.delete_children_of(spi_i, spi_r, now));
                             }
@@ -568,6 +576,16 @@ impl Bus {
             reply,
         })
         .await
+    }
+
+    /// [`crate::Node::reparent_children`]: an IKE SA rekey moved them.
+    pub async fn reparent_children(
+        &self,
+        old: (u64, u64),
+        new: (u64, u64),
+    ) -> Result<usize, BusError> {
+        self.ask(|reply| Cmd::ReparentChildren { old, new, reply })
+            .await
     }
 
     pub async fn status(&self) -> Result<Status, BusError> {

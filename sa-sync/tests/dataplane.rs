@@ -133,3 +133,68 @@ fn ike_event_to_record_to_sad() {
     );
     assert!(!sad.contains(spi));
 }
+
+/// An IKE SA rekey (RFC 7296 §2.18) moves the children: node 1 re-writes
+/// them under the new IKE SA's SPIs, so the old IKE SA's delete leaves them
+/// alive on node 2, whose SA database keeps the same SA (counters and
+/// all) now under the new IKE SA's handle; the new IKE SA's delete then
+/// removes them.
+#[test]
+fn ike_rekey_reparents_children_before_the_old_ike_sa_goes() {
+    let mut n1 = Node::new(Config::new(1, 11));
+    let mut n2 = Node::new(Config::new(2, 22));
+    n1.add_peer(2);
+    n2.add_peer(1);
+    n1.set_bootstrapped();
+    n1.connected(2, NOW);
+    n2.connected(1, NOW);
+    pump(&mut n1, &mut n2, NOW);
+    let c = child();
+    let spi = c.spi_in;
+    let ev = anyhub_ike::Event::ChildSaEstablished(Box::new(c));
+    let Some(Publish::Write {
+        key,
+        body,
+        expires_ms,
+    }) = convert::publish_for(&ev, |_| Some((0xaa, 0xbb)), 1, NOW)
+    else {
+        panic!("a write");
+    };
+    n1.publish(key, *body, expires_ms, NOW).unwrap();
+    pump(&mut n1, &mut n2, NOW);
+    let sad = Sad::new(SadConfig::new(2));
+    let now = Instant::now();
+    let drain = |n2: &mut Node| {
+        let mut changes = Vec::new();
+        while let Some(e) = n2.poll_event() {
+            if let Some(ev) = convert::dataplane_event(&e) {
+                changes.push(sad.handle_event(now, ev.unwrap()));
+            }
+        }
+        changes
+    };
+    drain(&mut n2);
+    assert!(sad.contains(spi));
+
+    assert_eq!(n1.reparent_children((0xaa, 0xbb), (0xcc, 0xdd), NOW + 1), 1);
+    assert_eq!(
+        n1.delete_children_of(0xaa, 0xbb, NOW + 2),
+        0,
+        "nothing left under the old SA"
+    );
+    pump(&mut n1, &mut n2, NOW + 2);
+    let changes = drain(&mut n2);
+    assert!(
+        matches!(
+            changes.as_slice(),
+            [Change::Installed { replaced: true, .. }]
+        ),
+        "the same SA again, not a new one: {changes:?}"
+    );
+    let moved = convert::remote_handle(0xcc, 0xdd);
+    assert_eq!(sad.read(|s| s.inbound(spi).map(|c| c.ike)), Some(moved));
+    assert_eq!(n1.delete_children_of(0xcc, 0xdd, NOW + 3), 1);
+    pump(&mut n1, &mut n2, NOW + 3);
+    drain(&mut n2);
+    assert!(!sad.contains(spi));
+}

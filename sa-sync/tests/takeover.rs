@@ -159,6 +159,9 @@ fn publish(
             Some(Publish::DeleteChildrenOf { spi_i, spi_r }) => {
                 n += bus.delete_children_of(spi_i, spi_r, now_ms);
             }
+            Some(Publish::ReparentChildren { old, new }) => {
+                bus.reparent_children(old, new, now_ms);
+            }
             None => {}
         }
     }
