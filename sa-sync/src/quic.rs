@@ -373,8 +373,20 @@ impl Bus {
                 });
             }
         });
-        // Dial the higher indexes, forever.
-        for &(peer, addr) in cfg.peers.iter().filter(|(p, _)| *p > me) {
+        // Whom we dial, forever. Full mesh: the higher indexes. Fan-out
+        // mode: a leaf dials its relays; a relay the higher-indexed relays
+        // (leaves dial it).
+        let (relay, relays) = (cfg.core.relay, cfg.core.relays.clone());
+        let dials = move |p: PeerId| {
+            if relay {
+                relays.contains(&p) && p > me
+            } else if !relays.is_empty() {
+                relays.contains(&p)
+            } else {
+                p > me
+            }
+        };
+        for &(peer, addr) in cfg.peers.iter().filter(|(p, _)| dials(*p)) {
             let ep = endpoint.clone();
             let dctx = ctx.clone();
             tokio::spawn(async move {
