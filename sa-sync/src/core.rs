@@ -191,6 +191,9 @@ pub struct Counters {
     /// Feed entries a subscription skipped because the subscriber's digest
     /// showed it held their bucket already.
     pub records_skipped: u64,
+    /// Digest rounds skipped while a feed was behind (its records are on
+    /// the way: comparing digests then would repair what is in flight).
+    pub digests_deferred: u64,
     /// A leaf switched its upstream relay.
     pub failovers: u64,
 }
@@ -262,6 +265,10 @@ struct Peer {
     sub: Option<Sub>,
     digest_due_ms: u64,
     prev_mismatch: Vec<u32>,
+    /// We subscribe to its feed (until the connection goes).
+    following: bool,
+    /// Its incarnation as its Hello said.
+    hello_incarnation: u64,
 }
 
 #[derive(Debug)]
@@ -291,6 +298,8 @@ pub struct Node {
     barrier_by_version: HashMap<(Key, (u64, u32)), BarrierId>,
     next_barrier: u64,
     counters: Counters,
+    /// Digest rounds skipped in a row because a feed was behind.
+    busy_rounds: u32,
 }
 
 impl Node {
@@ -312,6 +321,7 @@ impl Node {
             barrier_by_version: HashMap::new(),
             next_barrier: 1,
             counters: Counters::default(),
+            busy_rounds: 0,
         }
     }
 
@@ -490,6 +500,8 @@ impl Node {
         p.sub = None;
         p.subscribed_at = None;
         p.caught_up = false;
+        p.following = false;
+        p.hello_incarnation = 0;
         if self.is_leaf() && self.upstream == Some(peer) {
             self.upstream = None;
             let next = self
@@ -531,6 +543,7 @@ impl Node {
         }
         p.scope = scope as i32;
         p.subscribed_at = Some(now);
+        p.following = true;
         let (incarnation, since_lsn) = (p.their_incarnation, p.cursor);
         // Whatever we hold already need not come again (a failover, or a
         // second snapshot source): our digests let the server skip it.
@@ -682,7 +695,11 @@ impl Node {
             return;
         };
         match body {
-            Fb::Hello(_) => {}
+            Fb::Hello(h) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.hello_incarnation = h.incarnation;
+                }
+            }
             Fb::Subscribe(s) => self.on_subscribe(peer, s, now),
             Fb::Batch(b) => self.on_batch(peer, b, now),
             Fb::FeedAck(a) => self.on_feed_ack(peer, a, now),
@@ -758,6 +775,7 @@ impl Node {
             Vec::new()
         };
         let mut skipped = 0;
+        let sub_inc = self.peers.get(&peer).map_or(0, |p| p.hello_incarnation);
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -775,7 +793,11 @@ impl Node {
             let mut last = head;
             for (lsn, k, e) in self.table.feed_after(sub.sent) {
                 let mut wanted = match sub.scope {
-                    pb::Scope::All => true,
+                    // Not what the subscriber itself wrote in this life
+                    // (it has that); what it wrote before a restart, yes.
+                    pb::Scope::All => {
+                        !(e.origin() == peer && sub_inc != 0 && e.record.incarnation == sub_inc)
+                    }
                     pb::Scope::Own => e.version().1 == me,
                     pb::Scope::Local => !e.from_relay,
                 };
@@ -1070,9 +1092,13 @@ impl Node {
             self.counters.malformed += 1;
             return;
         }
-        if !self.bootstrapped {
-            // Our table is still filling from the snapshot: every bucket
-            // differs, and repairing them would send the table again.
+        if !self.bootstrapped || self.behind() {
+            // Our table is still filling (the snapshot, or a feed that is
+            // behind): buckets differ because records are on their way, and
+            // repairing them would send them a second time.
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.prev_mismatch.clear();
+            }
             return;
         }
         let mine = self.table.digest();
@@ -1103,6 +1129,15 @@ impl Node {
                 want_back: true,
             }),
         );
+    }
+
+    /// A feed we follow is behind its head (records on their way to us).
+    fn behind(&self) -> bool {
+        self.busy_rounds < 10
+            && self
+                .peers
+                .values()
+                .any(|p| p.connected && p.following && !p.caught_up)
     }
 
     fn bucket_records(&self, buckets: &[u32]) -> Vec<pb::Record> {
@@ -1174,12 +1209,19 @@ impl Node {
                     self.fill(id, now);
                 }
             }
-            let bootstrapped = self.bootstrapped;
+            let quiet = self.bootstrapped && !self.behind();
             let p = self.peers.get_mut(&id).expect("exists");
-            if now >= p.digest_due_ms && !bootstrapped {
-                // No digests before the snapshot is in (see on_digest).
+            if now >= p.digest_due_ms && !quiet {
+                // No digests while our table is filling (see on_digest);
+                // after 10 rounds in a row, anyway (a feed that never
+                // catches up must not stop anti-entropy).
                 p.digest_due_ms = now + self.cfg.anti_entropy_ms;
+                self.counters.digests_deferred += 1;
+                self.busy_rounds += 1;
             } else if now >= p.digest_due_ms {
+                if self.busy_rounds >= 10 {
+                    self.busy_rounds = 0;
+                }
                 p.digest_due_ms = now + self.cfg.anti_entropy_ms;
                 self.counters.digests_sent += 1;
                 let buckets = self.table.digest().to_vec();

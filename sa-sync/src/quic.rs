@@ -241,6 +241,15 @@ pub async fn write_frame(s: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), 
         .map_err(|e| BusError::Quic(e.to_string()))
 }
 
+/// A frame already prefixed with its length (one write, one buffer).
+fn prefixed(frame: &pb::Frame) -> Vec<u8> {
+    let len = frame.encoded_len();
+    let mut buf = Vec::with_capacity(4 + len);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    frame.encode(&mut buf).expect("capacity reserved");
+    buf
+}
+
 pub async fn read_frame(r: &mut quinn::RecvStream) -> Result<Vec<u8>, BusError> {
     let mut len = [0; 4];
     r.read_exact(&mut len)
@@ -323,8 +332,9 @@ async fn run_conn(ctx: Arc<ConnCtx>, conn: quinn::Connection, expect: Option<Pee
     }
     tracing::info!(peer, remote = %conn.remote_address(), "peer up");
     let writer = tokio::spawn(async move {
+        // Frames come length-prefixed (`prefixed`): one write each.
         while let Some(bytes) = rx.recv().await {
-            if write_frame(&mut send, &bytes).await.is_err() {
+            if send.write_all(&bytes).await.is_err() {
                 break;
             }
         }
@@ -476,7 +486,7 @@ impl Bus {
                 }
                 while let Some(tx) = node.poll_transmit() {
                     if let Some((_, c)) = conns.get(&tx.peer) {
-                        let _ = c.send(tx.frame.encode_to_vec());
+                        let _ = c.send(prefixed(&tx.frame));
                     }
                 }
                 while let Some(ev) = node.poll_event() {

@@ -107,7 +107,8 @@ impl Proc {
                 .filter(|&&r| r != index)
                 .map(u16::to_string)
                 .collect();
-            cmd.arg("--relay").arg(format!("--relays={}", others.join(",")));
+            cmd.arg("--relay")
+                .arg(format!("--relays={}", others.join(",")));
         } else if !topo.relays.is_empty() {
             let up: Vec<String> = topo.upstreams(index).iter().map(u16::to_string).collect();
             cmd.arg(format!("--relays={}", up.join(",")));
@@ -231,6 +232,9 @@ fn fleet(bin: &Path, n: usize, topo: &Topo) -> Row {
     }
     eprintln!("{n} nodes hold 100k in {:.1} s", t.elapsed().as_secs_f64());
     let rss1 = f(&nodes[n - 1].ask("status"), "rss_kib");
+    // Let the fill's last acknowledgements and digests settle: the catch-up
+    // is measured on a quiet fleet.
+    std::thread::sleep(Duration::from_secs(2));
     let t = Instant::now();
     let mut fresh = Proc::spawn(bin, &dir, (n + 1) as u16, &ports, false, topo);
     let w = fresh.ask("wait 100000 120000");
@@ -276,7 +280,11 @@ fn main() {
     let rows: Vec<Row> = sizes
         .iter()
         .map(|&n| {
-            let topo = if relay { Topo::relay(n) } else { Topo::default() };
+            let topo = if relay {
+                Topo::relay(n)
+            } else {
+                Topo::default()
+            };
             fleet(&bin, n, &topo)
         })
         .collect();

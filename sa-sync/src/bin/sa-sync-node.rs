@@ -75,6 +75,12 @@ struct RunArgs {
     /// a relay's fellow relays.
     #[arg(long, value_delimiter = ',')]
     relays: Vec<u16>,
+    /// Records per batch at most (Config::batch).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Records in flight per subscriber (Config::window).
+    #[arg(long)]
+    window: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -249,6 +255,8 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         spi_base,
         relay,
         relays,
+        batch,
+        window,
     } = a;
     let identity = Identity::load(&dir, &name)?;
     let mut peer_list = Vec::new();
@@ -262,6 +270,12 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
     let mut core = Config::new(index, incarnation);
     core.relay = relay;
     core.relays = relays;
+    if let Some(b) = batch {
+        core.batch = b.max(1);
+    }
+    if let Some(w) = window {
+        core.window = w.max(1);
+    }
     let bus = Bus::start(
         BusConfig {
             core,
