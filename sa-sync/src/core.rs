@@ -300,6 +300,9 @@ pub struct Node {
     counters: Counters,
     /// Digest rounds skipped in a row because a feed was behind.
     busy_rounds: u32,
+    /// The table changed: offer it to subscribers at the next
+    /// [`Node::poll_transmit`].
+    pump_due: Option<u64>,
 }
 
 impl Node {
@@ -322,6 +325,7 @@ impl Node {
             next_barrier: 1,
             counters: Counters::default(),
             busy_rounds: 0,
+            pump_due: None,
         }
     }
 
@@ -673,7 +677,7 @@ impl Node {
             Applied::Stale => unreachable!("a fresh HLC tick is newest"),
         }
         self.counters.published += 1;
-        self.pump(now);
+        self.pump_later(now);
         Ok(version)
     }
 
@@ -914,7 +918,7 @@ impl Node {
             self.finish_snapshot(peer, b.cursors, now);
         }
         // Subscribers of scope ALL want what we just learned.
-        self.pump(now);
+        self.pump_later(now);
     }
 
     /// Sends acknowledgements towards their origin: directly, or (fan-out
@@ -1172,7 +1176,7 @@ impl Node {
                 }),
             );
         }
-        self.pump(now);
+        self.pump_later(now);
     }
 
     /// Timers: expiry, digests, resends, barrier deadlines.
@@ -1264,8 +1268,19 @@ impl Node {
         t
     }
 
+    /// The next frame to send. New feed items are offered to subscribers
+    /// here, once for everything that happened since the last call: a
+    /// driver that handles several inputs before it drains the transmits
+    /// sends one batch of many records instead of many batches of one.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(now) = self.pump_due.take() {
+            self.pump(now);
+        }
         self.transmits.pop_front()
+    }
+
+    fn pump_later(&mut self, now: u64) {
+        self.pump_due = Some(self.pump_due.map_or(now, |t| t.max(now)));
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {

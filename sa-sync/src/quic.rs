@@ -350,6 +350,82 @@ async fn run_conn(ctx: Arc<ConnCtx>, conn: quinn::Connection, expect: Option<Pee
     let _ = ctx.net.send(Net::Down { peer, id });
 }
 
+type Conns = HashMap<PeerId, (u64, mpsc::UnboundedSender<Vec<u8>>)>;
+type Waiting = HashMap<BarrierId, Reply<Result<Barrier, PublishError>>>;
+
+fn on_net(node: &mut Node, conns: &mut Conns, ev: Net) {
+    let now = now_ms();
+    match ev {
+        Net::Up { peer, id, tx } => {
+            if conns.insert(peer, (id, tx)).is_some() {
+                node.disconnected(peer, now);
+            }
+            node.connected(peer, now);
+        }
+        Net::Frame { peer, id, bytes } => {
+            if conns.get(&peer).is_some_and(|c| c.0 == id) {
+                node.handle_bytes(peer, &bytes, now);
+            }
+        }
+        Net::Down { peer, id } => {
+            if conns.get(&peer).is_some_and(|c| c.0 == id) {
+                conns.remove(&peer);
+                node.disconnected(peer, now);
+            }
+        }
+    }
+}
+
+fn on_cmd(node: &mut Node, waiting: &mut Waiting, cmd: Cmd) {
+    let now = now_ms();
+    match cmd {
+        Cmd::Publish {
+            key,
+            body,
+            expires_ms,
+            reply,
+        } => {
+            let _ = reply.send(node.publish(key, body, expires_ms, now));
+        }
+        Cmd::Barrier {
+            key,
+            body,
+            expires_ms,
+            wait,
+            timeout_ms,
+            reply,
+        } => match node.publish_with_barrier(key, body, expires_ms, wait, timeout_ms, now) {
+            Ok((_, id)) => {
+                waiting.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        },
+        Cmd::Delete { key, reply } => {
+            let _ = reply.send(node.delete(key, now));
+        }
+        Cmd::DeleteChildrenOf {
+            spi_i,
+            spi_r,
+            reply,
+        } => {
+            let _ = reply.send(node.delete_children_of(spi_i, spi_r, now));
+        }
+        Cmd::Status(reply) => {
+            let _ = reply.send(node.status());
+        }
+        Cmd::Holds(keys, reply) => {
+            let held = keys
+                .iter()
+                .map(|k| node.table().get(k).is_some_and(|e| !e.is_tombstone()))
+                .collect();
+            let _ = reply.send(held);
+        }
+        Cmd::Bootstrapped => node.set_bootstrapped(),
+    }
+}
+
 impl Bus {
     /// Starts the endpoint, the dialers (to every peer with a higher index)
     /// and the actor. `on_event` runs in the actor for every applied record,
@@ -420,9 +496,8 @@ impl Bus {
             node.add_peer(p);
         }
         tokio::spawn(async move {
-            let mut conns: HashMap<PeerId, (u64, mpsc::UnboundedSender<Vec<u8>>)> = HashMap::new();
-            let mut waiting: HashMap<BarrierId, Reply<Result<Barrier, PublishError>>> =
-                HashMap::new();
+            let mut conns: Conns = HashMap::new();
+            let mut waiting: Waiting = HashMap::new();
             loop {
                 let sleep = node
                     .poll_timeout()
@@ -431,58 +506,27 @@ impl Bus {
                 tokio::select! {
                     ev = net_rx.recv() => {
                         let Some(ev) = ev else { break };
-                        let now = now_ms();
-                        match ev {
-                            Net::Up { peer, id, tx } => {
-                                if conns.insert(peer, (id, tx)).is_some() {
-                                    node.disconnected(peer, now);
-                                }
-                                node.connected(peer, now);
-                            }
-                            Net::Frame { peer, id, bytes } => {
-                                if conns.get(&peer).is_some_and(|c| c.0 == id) {
-                                    node.handle_bytes(peer, &bytes, now);
-                                }
-                            }
-                            Net::Down { peer, id } => {
-                                if conns.get(&peer).is_some_and(|c| c.0 == id) {
-                                    conns.remove(&peer);
-                                    node.disconnected(peer, now);
-                                }
-                            }
-                        }
+                        on_net(&mut node, &mut conns, ev);
                     }
                     cmd = cmd_rx.recv() => {
                         let Some(cmd) = cmd else { break };
-                        let now = now_ms();
-                        match cmd {
-                            Cmd::Publish { key, body, expires_ms, reply } => {
-                                let _ = reply.send(node.publish(key, body, expires_ms, now));
-                            }
-                            Cmd::Barrier { key, body, expires_ms, wait, timeout_ms, reply } => {
-                                match node.publish_with_barrier(key, body, expires_ms, wait, timeout_ms, now) {
-                                    Ok((_, id)) => { waiting.insert(id, reply); }
-                                    Err(e) => { let _ = reply.send(Err(e)); }
-                                }
-                            }
-                            Cmd::Delete { key, reply } => {
-                                let _ = reply.send(node.delete(key, now));
-                            }
-                            Cmd::DeleteChildrenOf { spi_i, spi_r, reply } => {
-                                let _ = reply.send(node.delete_children_of(spi_i, spi_r, now));
-                            }
-                            Cmd::Status(reply) => { let _ = reply.send(node.status()); }
-                            Cmd::Holds(keys, reply) => {
-                                let held = keys
-                                    .iter()
-                                    .map(|k| node.table().get(k).is_some_and(|e| !e.is_tombstone()))
-                                    .collect();
-                                let _ = reply.send(held);
-                            }
-                            Cmd::Bootstrapped => node.set_bootstrapped(),
-                        }
+                        on_cmd(&mut node, &mut waiting, cmd);
                     }
                     _ = tokio::time::sleep(sleep) => node.handle_timeout(now_ms()),
+                }
+                // Whatever else is ready before we send: under load, many
+                // records leave in one batch (Node::poll_transmit).
+                for _ in 0..256 {
+                    match net_rx.try_recv() {
+                        Ok(ev) => on_net(&mut node, &mut conns, ev),
+                        Err(_) => break,
+                    }
+                }
+                for _ in 0..256 {
+                    match cmd_rx.try_recv() {
+                        Ok(cmd) => on_cmd(&mut node, &mut waiting, cmd),
+                        Err(_) => break,
+                    }
                 }
                 while let Some(tx) = node.poll_transmit() {
                     if let Some((_, c)) = conns.get(&tx.peer) {
