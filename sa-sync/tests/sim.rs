@@ -107,7 +107,7 @@ impl Sim {
     /// Fan-out: `relays` relays (nodes 1..=relays, meshed), every other node
     /// a leaf with two upstream relays.
     fn fanout(seed: u64) -> Sim {
-        let mut rng = Rng(seed ^ 0xfa11_0u64);
+        let mut rng = Rng(seed ^ 0x000f_a110_u64);
         let relays = 2 + rng.below(2) as u16;
         let n = relays + 3 + rng.below(5) as u16;
         Sim::build(rng, n, relays)

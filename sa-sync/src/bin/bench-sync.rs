@@ -11,6 +11,7 @@
 //!    node from empty to 100k;
 //! 4. a fresh node joins: time from its start to holding all 100k.
 //!
+//! `bench-sync 3 16 64r`: a size with `r` runs in fan-out mode;
 //! `--topology relay` (or `SYNC_TOPOLOGY=relay`): fan-out mode instead of a
 //! full mesh. Nodes 2..=R+1 are relays (R = max(2, N/16)), meshed; every
 //! other node (the publisher, node 1, included) is a leaf with two
@@ -271,8 +272,19 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let relay = args.iter().any(|a| a == "--topology=relay" || a == "relay")
         || std::env::var("SYNC_TOPOLOGY").is_ok_and(|t| t == "relay");
-    let sizes: Vec<usize> = args.iter().filter_map(|a| a.parse().ok()).collect();
-    let sizes = if sizes.is_empty() { vec![3, 16] } else { sizes };
+    // N: a full mesh (or relays with --topology relay); Nr: relays.
+    let sizes: Vec<(usize, bool)> = args
+        .iter()
+        .filter_map(|a| match a.strip_suffix('r') {
+            Some(n) => n.parse().ok().map(|n| (n, true)),
+            None => a.parse().ok().map(|n| (n, relay)),
+        })
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![(3, relay), (16, relay)]
+    } else {
+        sizes
+    };
     let bin: PathBuf = std::env::current_exe()
         .expect("exe")
         .with_file_name("sa-sync-node");
@@ -280,7 +292,7 @@ fn main() {
     println!("sa-sync on loopback QUIC, {cores} cores; one process per node");
     let rows: Vec<Row> = sizes
         .iter()
-        .map(|&n| {
+        .map(|&(n, relay)| {
             let topo = if relay {
                 Topo::relay(n)
             } else {
