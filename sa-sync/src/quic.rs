@@ -1,5 +1,6 @@
 //! The thin QUIC driver around [`Node`]: quinn, mutual TLS against the
-//! fleet CA, one connection per pair of nodes (the lower index dials), one
+//! fleet CA, one connection per pair of nodes (the lower index dials; in
+//! fan-out mode a leaf dials its relays, a relay the higher relays), one
 //! bidirectional stream per connection carrying length-prefixed frames.
 //!
 //! ```text
