@@ -43,6 +43,9 @@ use prost::Message;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+/// Digest intervals anti-entropy waits for a feed that is behind.
+const BEHIND_ROUNDS: u64 = 10;
+
 /// A peer is named by its node index (1..=4095, the one in its SPIs).
 pub type PeerId = u16;
 
@@ -298,8 +301,9 @@ pub struct Node {
     barrier_by_version: HashMap<(Key, (u64, u32)), BarrierId>,
     next_barrier: u64,
     counters: Counters,
-    /// Digest rounds skipped in a row because a feed was behind.
-    busy_rounds: u32,
+    /// Since when a feed we follow has been behind (anti-entropy waits,
+    /// at most `BEHIND_ROUNDS` digest intervals).
+    behind_since: Option<u64>,
     /// The table changed: offer it to subscribers at the next
     /// [`Node::poll_transmit`].
     pump_due: Option<u64>,
@@ -324,7 +328,7 @@ impl Node {
             barrier_by_version: HashMap::new(),
             next_barrier: 1,
             counters: Counters::default(),
-            busy_rounds: 0,
+            behind_since: None,
             pump_due: None,
         }
     }
@@ -708,7 +712,7 @@ impl Node {
             Fb::Batch(b) => self.on_batch(peer, b, now),
             Fb::FeedAck(a) => self.on_feed_ack(peer, a, now),
             Fb::Acks(a) => self.on_acks(peer, a, now),
-            Fb::Digest(d) => self.on_digest(peer, d),
+            Fb::Digest(d) => self.on_digest(peer, d, now),
             Fb::Repair(r) => self.on_repair(peer, r, now),
         }
     }
@@ -1091,12 +1095,13 @@ impl Node {
         }));
     }
 
-    fn on_digest(&mut self, peer: PeerId, d: pb::Digest) {
+    fn on_digest(&mut self, peer: PeerId, d: pb::Digest, now: u64) {
         if d.buckets.len() != BUCKETS {
             self.counters.malformed += 1;
             return;
         }
-        if !self.bootstrapped || self.behind() {
+        self.update_behind(now);
+        if !self.bootstrapped || self.behind(now) {
             // Our table is still filling (the snapshot, or a feed that is
             // behind): buckets differ because records are on their way, and
             // repairing them would send them a second time.
@@ -1135,13 +1140,24 @@ impl Node {
         );
     }
 
-    /// A feed we follow is behind its head (records on their way to us).
-    fn behind(&self) -> bool {
-        self.busy_rounds < 10
-            && self
-                .peers
-                .values()
-                .any(|p| p.connected && p.following && !p.caught_up)
+    /// A feed we follow is behind its head (records on their way to us),
+    /// and has not been for more than `BEHIND_ROUNDS` digest intervals (a
+    /// feed that never catches up must not stop anti-entropy).
+    fn behind(&self, now: u64) -> bool {
+        self.behind_since
+            .is_some_and(|t| now < t.saturating_add(BEHIND_ROUNDS * self.cfg.anti_entropy_ms))
+    }
+
+    fn update_behind(&mut self, now: u64) {
+        let lagging = self
+            .peers
+            .values()
+            .any(|p| p.connected && p.following && !p.caught_up);
+        if !lagging {
+            self.behind_since = None;
+        } else if self.behind_since.is_none() {
+            self.behind_since = Some(now);
+        }
     }
 
     fn bucket_records(&self, buckets: &[u32]) -> Vec<pb::Record> {
@@ -1181,6 +1197,7 @@ impl Node {
 
     /// Timers: expiry, digests, resends, barrier deadlines.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.update_behind(now);
         for (key, record) in self.table.collect(now) {
             self.counters.expired += 1;
             self.events.push_back(Event::Expired {
@@ -1213,19 +1230,13 @@ impl Node {
                     self.fill(id, now);
                 }
             }
-            let quiet = self.bootstrapped && !self.behind();
+            let quiet = self.bootstrapped && !self.behind(now);
             let p = self.peers.get_mut(&id).expect("exists");
             if now >= p.digest_due_ms && !quiet {
-                // No digests while our table is filling (see on_digest);
-                // after 10 rounds in a row, anyway (a feed that never
-                // catches up must not stop anti-entropy).
+                // No digests while our table is filling (see on_digest).
                 p.digest_due_ms = now + self.cfg.anti_entropy_ms;
                 self.counters.digests_deferred += 1;
-                self.busy_rounds += 1;
             } else if now >= p.digest_due_ms {
-                if self.busy_rounds >= 10 {
-                    self.busy_rounds = 0;
-                }
                 p.digest_due_ms = now + self.cfg.anti_entropy_ms;
                 self.counters.digests_sent += 1;
                 let buckets = self.table.digest().to_vec();
