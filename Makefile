@@ -74,8 +74,11 @@ bench-ike: setup
 clean:
 	$(CARGO) clean
 
-# SA replication: fleets of 3 and 16 sync node processes on loopback QUIC
-# (docs/sa-sync.md). Takes the machine lock itself.
+# SA replication: fleets of 3 and 16 sync node processes (full mesh) and 64
+# (fan-out through 4 relays) on loopback QUIC (docs/sa-sync.md); about 4
+# minutes. SYNC_NODES="3 16 64 64r" for others (Nr: relays). Takes the
+# machine lock itself.
+SYNC_NODES ?= 3 16 64r
 .PHONY: bench-sync
 bench-sync: setup
 	flock /tmp/anyhub-heavy.lock $(CARGO) build --release -p anyhub-sa-sync --bins

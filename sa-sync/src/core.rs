@@ -43,6 +43,9 @@ use prost::Message;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 
+/// Digest intervals anti-entropy waits for a feed that is behind.
+const BEHIND_ROUNDS: u64 = 10;
+
 /// A peer is named by its node index (1..=4095, the one in its SPIs).
 pub type PeerId = u16;
 
@@ -64,6 +67,15 @@ pub struct Config {
     pub rto_ms: u64,
     /// Buckets repaired per digest round at most (bounds a repair's size).
     pub max_repair_buckets: usize,
+    /// Fan-out mode: this node is a relay. It meshes with the other relays
+    /// (`relays`, scope `LOCAL`), takes `OWN` from every leaf that connects
+    /// and serves `ALL` to the leaves that subscribe to it.
+    pub relay: bool,
+    /// Fan-out mode. For a leaf (`relay` false): its upstream relays in
+    /// order of preference; it takes `ALL` from the first one that is up and
+    /// fails over to the next. For a relay: the other relays. Empty (and
+    /// `relay` false): full mesh.
+    pub relays: Vec<PeerId>,
 }
 
 impl Config {
@@ -81,6 +93,8 @@ impl Config {
             anti_entropy_ms: 1000,
             rto_ms: 2000,
             max_repair_buckets: 64,
+            relay: false,
+            relays: Vec::new(),
         }
     }
 }
@@ -172,6 +186,19 @@ pub struct Counters {
     pub records_repaired: u64,
     pub acks_sent: u64,
     pub expired: u64,
+    /// Records received in batches and repairs (a fresh node's catch-up
+    /// should receive each record about once).
+    pub records_received: u64,
+    /// Acknowledgements a relay passed on towards their origin.
+    pub acks_forwarded: u64,
+    /// Feed entries a subscription skipped because the subscriber's digest
+    /// showed it held their bucket already.
+    pub records_skipped: u64,
+    /// Digest rounds skipped while a feed was behind (its records are on
+    /// the way: comparing digests then would repair what is in flight).
+    pub digests_deferred: u64,
+    /// A leaf switched its upstream relay.
+    pub failovers: u64,
 }
 
 /// One peer as [`Node::status`] shows it.
@@ -184,6 +211,8 @@ pub struct PeerStatus {
     pub head: u64,
     pub caught_up: bool,
     pub bootstrap: bool,
+    /// Fan-out mode: the relay we take everything from.
+    pub upstream: bool,
     /// Its cursor into our feed (acknowledged), if it subscribes.
     pub serving_acked: Option<u64>,
     pub serving_inflight: u32,
@@ -221,6 +250,9 @@ struct Sub {
     last_progress_ms: u64,
     /// Send a batch even if empty (answers a Subscribe).
     force: bool,
+    /// Entries up to this lsn in buckets marked here are already held by
+    /// the subscriber (its digest matched ours when it subscribed).
+    skip: Option<(u64, Vec<bool>)>,
 }
 
 #[derive(Debug, Default)]
@@ -236,6 +268,10 @@ struct Peer {
     sub: Option<Sub>,
     digest_due_ms: u64,
     prev_mismatch: Vec<u32>,
+    /// We subscribe to its feed (until the connection goes).
+    following: bool,
+    /// Its incarnation as its Hello said.
+    hello_incarnation: u64,
 }
 
 #[derive(Debug)]
@@ -257,12 +293,20 @@ pub struct Node {
     peers: BTreeMap<PeerId, Peer>,
     bootstrapped: bool,
     bootstrap_peer: Option<PeerId>,
+    /// Fan-out mode, a leaf: the relay whose `ALL` feed we follow.
+    upstream: Option<PeerId>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<Event>,
     barriers: BTreeMap<BarrierId, BarrierState>,
     barrier_by_version: HashMap<(Key, (u64, u32)), BarrierId>,
     next_barrier: u64,
     counters: Counters,
+    /// Since when a feed we follow has been behind (anti-entropy waits,
+    /// at most `BEHIND_ROUNDS` digest intervals).
+    behind_since: Option<u64>,
+    /// The table changed: offer it to subscribers at the next
+    /// [`Node::poll_transmit`].
+    pump_due: Option<u64>,
 }
 
 impl Node {
@@ -277,12 +321,15 @@ impl Node {
             peers: BTreeMap::new(),
             bootstrapped: false,
             bootstrap_peer: None,
+            upstream: None,
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             barriers: BTreeMap::new(),
             barrier_by_version: HashMap::new(),
             next_barrier: 1,
             counters: Counters::default(),
+            behind_since: None,
+            pump_due: None,
         }
     }
 
@@ -336,13 +383,119 @@ impl Node {
                 ..Default::default()
             }),
         );
-        let scope = if !self.bootstrapped && self.bootstrap_peer.is_none() {
-            self.bootstrap_peer = Some(peer);
-            pb::Scope::All
+        if self.is_leaf() {
+            // A leaf follows one relay's ALL feed; the others stand by.
+            let up = self.upstream.filter(|u| self.is_connected(*u));
+            if up.is_none() && self.is_relay_peer(peer) {
+                self.upstream = Some(peer);
+                self.subscribe(peer, pb::Scope::All, now);
+            }
+            return;
+        }
+        if !self.bootstrapped {
+            if self.bootstrap_peer.is_none() {
+                self.bootstrap_peer = Some(peer);
+                self.subscribe(peer, pb::Scope::All, now);
+            }
+            // Other subscriptions wait for the snapshot: its cursors say
+            // where each of them starts (not at 0: every record once).
+            return;
+        }
+        if let Some(scope) = self.steady_scope(peer) {
+            self.subscribe(peer, scope, now);
+        }
+    }
+
+    fn is_connected(&self, peer: PeerId) -> bool {
+        self.peers.get(&peer).is_some_and(|p| p.connected)
+    }
+
+    /// Fan-out mode (relays configured, or we are one).
+    fn fanout(&self) -> bool {
+        self.cfg.relay || !self.cfg.relays.is_empty()
+    }
+
+    /// A leaf under relays.
+    fn is_leaf(&self) -> bool {
+        !self.cfg.relay && !self.cfg.relays.is_empty()
+    }
+
+    fn is_relay_peer(&self, peer: PeerId) -> bool {
+        self.cfg.relays.contains(&peer)
+    }
+
+    /// The scope of our subscription to `peer` once we are a complete
+    /// replica, if we subscribe to it at all.
+    fn steady_scope(&self, peer: PeerId) -> Option<pb::Scope> {
+        if self.is_leaf() {
+            (self.upstream == Some(peer)).then_some(pb::Scope::All)
+        } else if self.cfg.relay && self.is_relay_peer(peer) {
+            Some(pb::Scope::Local)
         } else {
-            pb::Scope::Own
-        };
-        self.subscribe(peer, scope, now);
+            Some(pb::Scope::Own)
+        }
+    }
+
+    /// The snapshot from `from` is complete: subscribe to everybody else
+    /// where the snapshot left off.
+    fn finish_snapshot(&mut self, from: PeerId, cursors: Vec<pb::Cursor>, now: u64) {
+        self.bootstrapped = true;
+        self.bootstrap_peer = None;
+        for c in cursors {
+            let Ok(node) = u16::try_from(c.node) else {
+                continue;
+            };
+            if node == self.cfg.node || node == from {
+                continue;
+            }
+            let scope = pb::Scope::try_from(c.scope).unwrap_or(pb::Scope::Own);
+            if self.steady_scope(node) != Some(scope) {
+                continue;
+            }
+            let Some(p) = self.peers.get_mut(&node) else {
+                continue;
+            };
+            if p.cursor == 0 || p.their_incarnation != c.incarnation {
+                p.their_incarnation = c.incarnation;
+                p.cursor = c.lsn;
+            } else {
+                p.cursor = p.cursor.max(c.lsn);
+            }
+            p.scope = scope as i32;
+        }
+        let ids: Vec<PeerId> = self
+            .peers
+            .iter()
+            .filter(|(_, p)| p.connected)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in ids {
+            match self.steady_scope(id) {
+                // Same cursor: the snapshot covered everything before it.
+                Some(pb::Scope::All) if id == from => {}
+                Some(scope) => self.subscribe(id, scope, now),
+                None => {}
+            }
+        }
+    }
+
+    /// Our cursors into other nodes' feeds, for a snapshot we serve.
+    fn cursor_hints(&self, to: PeerId) -> Vec<pb::Cursor> {
+        self.peers
+            .iter()
+            .filter(|(&id, p)| {
+                id != to
+                    && p.cursor > 0
+                    && p.their_incarnation != 0
+                    && p.scope != pb::Scope::All as i32
+            })
+            .map(|(&id, p)| pb::Cursor {
+                node: u32::from(id),
+                incarnation: p.their_incarnation,
+                lsn: p.cursor,
+                scope: p.scope,
+            })
+            .collect()
     }
 
     /// The connection to `peer` is gone. Our cursor into its feed stays, so
@@ -355,6 +508,25 @@ impl Node {
         p.sub = None;
         p.subscribed_at = None;
         p.caught_up = false;
+        p.following = false;
+        p.hello_incarnation = 0;
+        if self.is_leaf() && self.upstream == Some(peer) {
+            self.upstream = None;
+            let next = self
+                .cfg
+                .relays
+                .iter()
+                .copied()
+                .find(|&r| self.is_connected(r));
+            if let Some(next) = next {
+                // Its ALL feed from our old cursor into it (if any), minus
+                // the buckets we already hold (Subscribe.have).
+                self.counters.failovers += 1;
+                self.upstream = Some(next);
+                self.subscribe(next, pb::Scope::All, now);
+            }
+            return;
+        }
         if self.bootstrap_peer == Some(peer) {
             self.bootstrap_peer = None;
             // Take the snapshot from another peer.
@@ -379,11 +551,21 @@ impl Node {
         }
         p.scope = scope as i32;
         p.subscribed_at = Some(now);
+        p.following = true;
+        let (incarnation, since_lsn) = (p.their_incarnation, p.cursor);
+        // Whatever we hold already need not come again (a failover, or a
+        // second snapshot source): our digests let the server skip it.
+        let have = if scope == pb::Scope::All && !self.table.is_empty() {
+            self.table.digest().to_vec()
+        } else {
+            Vec::new()
+        };
         let frame = Fb::Subscribe(pb::Subscribe {
-            incarnation: p.their_incarnation,
-            since_lsn: p.cursor,
+            incarnation,
+            since_lsn,
             scope: scope as i32,
             window: self.cfg.window,
+            have,
         });
         self.send(peer, frame);
     }
@@ -531,7 +713,7 @@ impl Node {
             Applied::Stale => unreachable!("a fresh HLC tick is newest"),
         }
         self.counters.published += 1;
-        self.pump(now);
+        self.pump_later(now);
         Ok(version)
     }
 
@@ -553,12 +735,16 @@ impl Node {
             return;
         };
         match body {
-            Fb::Hello(_) => {}
+            Fb::Hello(h) => {
+                if let Some(p) = self.peers.get_mut(&peer) {
+                    p.hello_incarnation = h.incarnation;
+                }
+            }
             Fb::Subscribe(s) => self.on_subscribe(peer, s, now),
             Fb::Batch(b) => self.on_batch(peer, b, now),
             Fb::FeedAck(a) => self.on_feed_ack(peer, a, now),
             Fb::Acks(a) => self.on_acks(peer, a, now),
-            Fb::Digest(d) => self.on_digest(peer, d),
+            Fb::Digest(d) => self.on_digest(peer, d, now),
             Fb::Repair(r) => self.on_repair(peer, r, now),
         }
     }
@@ -573,8 +759,14 @@ impl Node {
         if since == 0 {
             self.counters.snapshots_served += 1;
         }
+        let skip = (s.have.len() == BUCKETS).then(|| {
+            let mine = self.table.digest();
+            let mask: Vec<bool> = (0..BUCKETS).map(|i| mine[i] == s.have[i]).collect();
+            (self.table.head(), mask)
+        });
         let p = self.peers.get_mut(&peer).expect("connected");
         p.sub = Some(Sub {
+            skip,
             scope,
             acked: since,
             sent: since,
@@ -612,6 +804,18 @@ impl Node {
     fn fill(&mut self, peer: PeerId, now: u64) {
         let head = self.table.head();
         let me = u32::from(self.cfg.node);
+        let snapshot = self
+            .peers
+            .get(&peer)
+            .and_then(|p| p.sub.as_ref())
+            .is_some_and(|s| s.scope == pb::Scope::All);
+        let hints = if snapshot {
+            self.cursor_hints(peer)
+        } else {
+            Vec::new()
+        };
+        let mut skipped = 0;
+        let sub_inc = self.peers.get(&peer).map_or(0, |p| p.hello_incarnation);
         let Some(p) = self.peers.get_mut(&peer) else {
             return;
         };
@@ -627,12 +831,22 @@ impl Node {
             let max = self.cfg.batch.min(room);
             let mut records = Vec::new();
             let mut last = head;
-            for (lsn, e) in self.table.feed_after(sub.sent) {
-                let wanted = match sub.scope {
-                    pb::Scope::All => true,
+            for (lsn, k, e) in self.table.feed_after(sub.sent) {
+                let mut wanted = match sub.scope {
+                    // Not what the subscriber itself wrote in this life
+                    // (it has that); what it wrote before a restart, yes.
+                    pb::Scope::All => {
+                        !(e.origin() == peer && sub_inc != 0 && e.record.incarnation == sub_inc)
+                    }
                     pb::Scope::Own => e.version().1 == me,
                     pb::Scope::Local => !e.from_relay,
                 };
+                if let Some((until, mask)) = &sub.skip {
+                    if wanted && lsn <= *until && mask[Table::bucket_of(k)] {
+                        wanted = false;
+                        skipped += 1;
+                    }
+                }
                 if wanted {
                     records.push(e.record.clone());
                     if records.len() >= max {
@@ -658,6 +872,11 @@ impl Node {
                 caught_up: last == head,
                 head,
                 from_lsn: sub.last_batch,
+                cursors: if last == head {
+                    hints.clone()
+                } else {
+                    Vec::new()
+                },
             });
             sub.force = false;
             sub.sent = last;
@@ -673,6 +892,7 @@ impl Node {
                 break;
             }
         }
+        self.counters.records_skipped += skipped;
         for b in out {
             self.counters.batches_sent += 1;
             self.counters.records_sent += b.records.len() as u64;
@@ -703,8 +923,9 @@ impl Node {
         }
         let contiguous = b.incarnation == p.their_incarnation && b.from_lsn <= p.cursor;
         let mut acks: BTreeMap<u32, Vec<pb::Ack>> = BTreeMap::new();
+        self.counters.records_received += b.records.len() as u64;
         for r in b.records {
-            self.apply_remote(r, now, Some(&mut acks));
+            self.apply_remote(peer, r, now, Some(&mut acks));
         }
         let p = self.peers.get_mut(&peer).expect("connected");
         if contiguous {
@@ -718,30 +939,69 @@ impl Node {
         };
         let finished_snapshot = contiguous
             && b.caught_up
-            && self.bootstrap_peer == Some(peer)
+            && !self.bootstrapped
+            && (self.bootstrap_peer == Some(peer) || self.upstream == Some(peer))
             && p.scope == pb::Scope::All as i32;
         self.send(peer, Fb::FeedAck(ack));
         for (origin, acks) in acks {
             let Ok(origin) = u16::try_from(origin) else {
                 continue;
             };
-            if self.peers.get(&origin).is_some_and(|p| p.connected) {
-                self.counters.acks_sent += acks.len() as u64;
-                self.send(origin, Fb::Acks(pb::Acks { acks }));
-            }
+            self.counters.acks_sent += acks.len() as u64;
+            self.route_acks(None, origin, acks);
         }
         if finished_snapshot {
-            self.bootstrapped = true;
-            self.bootstrap_peer = None;
-            self.subscribe(peer, pb::Scope::Own, now);
+            self.finish_snapshot(peer, b.cursors, now);
         }
         // Subscribers of scope ALL want what we just learned.
-        self.pump(now);
+        self.pump_later(now);
+    }
+
+    /// Sends acknowledgements towards their origin: directly, or (fan-out
+    /// mode) through a relay. `from`: the relay that passed them to us.
+    fn route_acks(&mut self, from: Option<PeerId>, origin: u16, acks: Vec<pb::Ack>) {
+        if self.is_connected(origin) {
+            self.send(origin, Fb::Acks(pb::Acks { acks }));
+            return;
+        }
+        if !self.fanout() {
+            return;
+        }
+        if self.is_leaf() {
+            let via = self.upstream.filter(|&u| self.is_connected(u)).or_else(|| {
+                self.cfg
+                    .relays
+                    .iter()
+                    .copied()
+                    .find(|&r| self.is_connected(r))
+            });
+            if let Some(via) = via {
+                self.send(via, Fb::Acks(pb::Acks { acks }));
+            }
+            return;
+        }
+        // A relay: to the other relays, once (a relay's forward is not
+        // forwarded again); the one the origin is connected to delivers.
+        if from.is_some_and(|f| self.is_relay_peer(f)) {
+            return;
+        }
+        let relays: Vec<PeerId> = self
+            .cfg
+            .relays
+            .iter()
+            .copied()
+            .filter(|&r| self.is_connected(r))
+            .collect();
+        for r in relays {
+            self.counters.acks_forwarded += acks.len() as u64;
+            self.send(r, Fb::Acks(pb::Acks { acks: acks.clone() }));
+        }
     }
 
     /// Validates and applies one record from another node.
     fn apply_remote(
         &mut self,
+        peer: PeerId,
         r: pb::Record,
         now: u64,
         acks: Option<&mut BTreeMap<u32, Vec<pb::Ack>>>,
@@ -762,7 +1022,10 @@ impl Node {
         }
         let wants_ack = r.ack_until_ms > now && version.origin != u32::from(self.cfg.node);
         let ack_key = wants_ack.then(|| key.clone());
-        let changed = match self.table.apply(key.clone(), r.clone(), false, now) {
+        // A relay does not offer what another relay sent it to the other
+        // relays again (scope LOCAL): they have it from that relay.
+        let from_relay = self.cfg.relay && self.is_relay_peer(peer);
+        let changed = match self.table.apply(key.clone(), r.clone(), from_relay, now) {
             Applied::Changed { old } => {
                 self.counters.applied += 1;
                 self.events.push_back(Event::Applied {
@@ -793,22 +1056,39 @@ impl Node {
     }
 
     fn on_acks(&mut self, peer: PeerId, a: pb::Acks, now: u64) {
+        // Only the acker itself may speak for itself, or a relay passing
+        // acknowledgements on (fan-out mode).
+        let via_relay = self.is_relay_peer(peer);
+        let mut forward: BTreeMap<u16, Vec<pb::Ack>> = BTreeMap::new();
         for ack in a.acks {
-            // Only the acker itself may speak for itself.
-            if ack.acker != u32::from(peer) || ack.origin != u32::from(self.cfg.node) {
+            if ack.acker != u32::from(peer) && !via_relay {
                 self.counters.malformed += 1;
+                continue;
+            }
+            if ack.origin != u32::from(self.cfg.node) {
+                match u16::try_from(ack.origin) {
+                    Ok(o) if self.cfg.relay && o != 0 => forward.entry(o).or_default().push(ack),
+                    _ => self.counters.malformed += 1,
+                }
                 continue;
             }
             let (Some(k), Some(v)) = (ack.key.as_ref().and_then(Key::from_pb), ack.version) else {
                 self.counters.malformed += 1;
                 continue;
             };
+            let Ok(acker) = u16::try_from(ack.acker) else {
+                self.counters.malformed += 1;
+                continue;
+            };
             if let Some(&id) = self.barrier_by_version.get(&(k, v.order())) {
                 if let Some(b) = self.barriers.get_mut(&id) {
-                    b.acked.insert(peer);
+                    b.acked.insert(acker);
                 }
                 self.check_barrier(id, now);
             }
+        }
+        for (origin, acks) in forward {
+            self.route_acks(Some(peer), origin, acks);
         }
     }
 
@@ -847,9 +1127,19 @@ impl Node {
         }));
     }
 
-    fn on_digest(&mut self, peer: PeerId, d: pb::Digest) {
+    fn on_digest(&mut self, peer: PeerId, d: pb::Digest, now: u64) {
         if d.buckets.len() != BUCKETS {
             self.counters.malformed += 1;
+            return;
+        }
+        self.update_behind(now);
+        if !self.bootstrapped || self.behind(now) {
+            // Our table is still filling (the snapshot, or a feed that is
+            // behind): buckets differ because records are on their way, and
+            // repairing them would send them a second time.
+            if let Some(p) = self.peers.get_mut(&peer) {
+                p.prev_mismatch.clear();
+            }
             return;
         }
         let mine = self.table.digest();
@@ -882,6 +1172,26 @@ impl Node {
         );
     }
 
+    /// A feed we follow is behind its head (records on their way to us),
+    /// and has not been for more than `BEHIND_ROUNDS` digest intervals (a
+    /// feed that never catches up must not stop anti-entropy).
+    fn behind(&self, now: u64) -> bool {
+        self.behind_since
+            .is_some_and(|t| now < t.saturating_add(BEHIND_ROUNDS * self.cfg.anti_entropy_ms))
+    }
+
+    fn update_behind(&mut self, now: u64) {
+        let lagging = self
+            .peers
+            .values()
+            .any(|p| p.connected && p.following && !p.caught_up);
+        if !lagging {
+            self.behind_since = None;
+        } else if self.behind_since.is_none() {
+            self.behind_since = Some(now);
+        }
+    }
+
     fn bucket_records(&self, buckets: &[u32]) -> Vec<pb::Record> {
         self.table
             .in_buckets(buckets)
@@ -896,8 +1206,9 @@ impl Node {
         buckets.dedup();
         buckets.retain(|&b| (b as usize) < BUCKETS);
         buckets.truncate(self.cfg.max_repair_buckets);
+        self.counters.records_received += r.records.len() as u64;
         for rec in r.records {
-            if self.apply_remote(rec, now, None) {
+            if self.apply_remote(peer, rec, now, None) {
                 self.counters.records_repaired += 1;
             }
         }
@@ -913,11 +1224,12 @@ impl Node {
                 }),
             );
         }
-        self.pump(now);
+        self.pump_later(now);
     }
 
     /// Timers: expiry, digests, resends, barrier deadlines.
     pub fn handle_timeout(&mut self, now: u64) {
+        self.update_behind(now);
         for (key, record) in self.table.collect(now) {
             self.counters.expired += 1;
             self.events.push_back(Event::Expired {
@@ -950,8 +1262,13 @@ impl Node {
                     self.fill(id, now);
                 }
             }
+            let quiet = self.bootstrapped && !self.behind(now);
             let p = self.peers.get_mut(&id).expect("exists");
-            if now >= p.digest_due_ms {
+            if now >= p.digest_due_ms && !quiet {
+                // No digests while our table is filling (see on_digest).
+                p.digest_due_ms = now + self.cfg.anti_entropy_ms;
+                self.counters.digests_deferred += 1;
+            } else if now >= p.digest_due_ms {
                 p.digest_due_ms = now + self.cfg.anti_entropy_ms;
                 self.counters.digests_sent += 1;
                 let buckets = self.table.digest().to_vec();
@@ -994,8 +1311,19 @@ impl Node {
         t
     }
 
+    /// The next frame to send. New feed items are offered to subscribers
+    /// here, once for everything that happened since the last call: a
+    /// driver that handles several inputs before it drains the transmits
+    /// sends one batch of many records instead of many batches of one.
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        if let Some(now) = self.pump_due.take() {
+            self.pump(now);
+        }
         self.transmits.pop_front()
+    }
+
+    fn pump_later(&mut self, now: u64) {
+        self.pump_due = Some(self.pump_due.map_or(now, |t| t.max(now)));
     }
 
     pub fn poll_event(&mut self) -> Option<Event> {
@@ -1029,6 +1357,7 @@ impl Node {
                     head: p.their_head,
                     caught_up: p.caught_up,
                     bootstrap: self.bootstrap_peer == Some(id),
+                    upstream: self.upstream == Some(id),
                     serving_acked: p.sub.as_ref().map(|s| s.acked),
                     serving_inflight: p.sub.as_ref().map_or(0, |s| s.inflight_records),
                 })

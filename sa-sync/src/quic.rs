@@ -1,5 +1,6 @@
 //! The thin QUIC driver around [`Node`]: quinn, mutual TLS against the
-//! fleet CA, one connection per pair of nodes (the lower index dials), one
+//! fleet CA, one connection per pair of nodes (the lower index dials; in
+//! fan-out mode a leaf dials its relays, a relay the higher relays), one
 //! bidirectional stream per connection carrying length-prefixed frames.
 //!
 //! ```text
@@ -246,6 +247,15 @@ pub async fn write_frame(s: &mut quinn::SendStream, bytes: &[u8]) -> Result<(), 
         .map_err(|e| BusError::Quic(e.to_string()))
 }
 
+/// A frame already prefixed with its length (one write, one buffer).
+fn prefixed(frame: &pb::Frame) -> Vec<u8> {
+    let len = frame.encoded_len();
+    let mut buf = Vec::with_capacity(4 + len);
+    buf.extend_from_slice(&(len as u32).to_be_bytes());
+    frame.encode(&mut buf).expect("capacity reserved");
+    buf
+}
+
 pub async fn read_frame(r: &mut quinn::RecvStream) -> Result<Vec<u8>, BusError> {
     let mut len = [0; 4];
     r.read_exact(&mut len)
@@ -328,8 +338,9 @@ async fn run_conn(ctx: Arc<ConnCtx>, conn: quinn::Connection, expect: Option<Pee
     }
     tracing::info!(peer, remote = %conn.remote_address(), "peer up");
     let writer = tokio::spawn(async move {
+        // Frames come length-prefixed (`prefixed`): one write each.
         while let Some(bytes) = rx.recv().await {
-            if write_frame(&mut send, &bytes).await.is_err() {
+            if send.write_all(&bytes).await.is_err() {
                 break;
             }
         }
@@ -343,6 +354,85 @@ async fn run_conn(ctx: Arc<ConnCtx>, conn: quinn::Connection, expect: Option<Pee
     conn.close(0u32.into(), b"");
     tracing::info!(peer, "peer down");
     let _ = ctx.net.send(Net::Down { peer, id });
+}
+
+type Conns = HashMap<PeerId, (u64, mpsc::UnboundedSender<Vec<u8>>)>;
+type Waiting = HashMap<BarrierId, Reply<Result<Barrier, PublishError>>>;
+
+fn on_net(node: &mut Node, conns: &mut Conns, ev: Net) {
+    let now = now_ms();
+    match ev {
+        Net::Up { peer, id, tx } => {
+            if conns.insert(peer, (id, tx)).is_some() {
+                node.disconnected(peer, now);
+            }
+            node.connected(peer, now);
+        }
+        Net::Frame { peer, id, bytes } => {
+            if conns.get(&peer).is_some_and(|c| c.0 == id) {
+                node.handle_bytes(peer, &bytes, now);
+            }
+        }
+        Net::Down { peer, id } => {
+            if conns.get(&peer).is_some_and(|c| c.0 == id) {
+                conns.remove(&peer);
+                node.disconnected(peer, now);
+            }
+        }
+    }
+}
+
+fn on_cmd(node: &mut Node, waiting: &mut Waiting, cmd: Cmd) {
+    let now = now_ms();
+    match cmd {
+        Cmd::Publish {
+            key,
+            body,
+            expires_ms,
+            reply,
+        } => {
+            let _ = reply.send(node.publish(key, body, expires_ms, now));
+        }
+        Cmd::Barrier {
+            key,
+            body,
+            expires_ms,
+            wait,
+            timeout_ms,
+            reply,
+        } => match node.publish_with_barrier(key, body, expires_ms, wait, timeout_ms, now) {
+            Ok((_, id)) => {
+                waiting.insert(id, reply);
+            }
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+        },
+        Cmd::Delete { key, reply } => {
+            let _ = reply.send(node.delete(key, now));
+        }
+        Cmd::DeleteChildrenOf {
+            spi_i,
+            spi_r,
+            reply,
+        } => {
+            let _ = reply.send(node.delete_children_of(spi_i, spi_r, now));
+        }
+        Cmd::ReparentChildren { old, new, reply } => {
+            let _ = reply.send(node.reparent_children(old, new, now));
+        }
+        Cmd::Status(reply) => {
+            let _ = reply.send(node.status());
+        }
+        Cmd::Holds(keys, reply) => {
+            let held = keys
+                .iter()
+                .map(|k| node.table().get(k).is_some_and(|e| !e.is_tombstone()))
+                .collect();
+            let _ = reply.send(held);
+        }
+        Cmd::Bootstrapped => node.set_bootstrapped(),
+    }
 }
 
 impl Bus {
@@ -378,8 +468,20 @@ impl Bus {
                 });
             }
         });
-        // Dial the higher indexes, forever.
-        for &(peer, addr) in cfg.peers.iter().filter(|(p, _)| *p > me) {
+        // Whom we dial, forever. Full mesh: the higher indexes. Fan-out
+        // mode: a leaf dials its relays; a relay the higher-indexed relays
+        // (leaves dial it).
+        let (relay, relays) = (cfg.core.relay, cfg.core.relays.clone());
+        let dials = move |p: PeerId| {
+            if relay {
+                relays.contains(&p) && p > me
+            } else if !relays.is_empty() {
+                relays.contains(&p)
+            } else {
+                p > me
+            }
+        };
+        for &(peer, addr) in cfg.peers.iter().filter(|(p, _)| dials(*p)) {
             let ep = endpoint.clone();
             let dctx = ctx.clone();
             tokio::spawn(async move {
@@ -403,9 +505,8 @@ impl Bus {
             node.add_peer(p);
         }
         tokio::spawn(async move {
-            let mut conns: HashMap<PeerId, (u64, mpsc::UnboundedSender<Vec<u8>>)> = HashMap::new();
-            let mut waiting: HashMap<BarrierId, Reply<Result<Barrier, PublishError>>> =
-                HashMap::new();
+            let mut conns: Conns = HashMap::new();
+            let mut waiting: Waiting = HashMap::new();
             loop {
                 let sleep = node
                     .poll_timeout()
@@ -414,61 +515,27 @@ impl Bus {
                 tokio::select! {
                     ev = net_rx.recv() => {
                         let Some(ev) = ev else { break };
-                        let now = now_ms();
-                        match ev {
-                            Net::Up { peer, id, tx } => {
-                                if conns.insert(peer, (id, tx)).is_some() {
-                                    node.disconnected(peer, now);
-                                }
-                                node.connected(peer, now);
-                            }
-                            Net::Frame { peer, id, bytes } => {
-                                if conns.get(&peer).is_some_and(|c| c.0 == id) {
-                                    node.handle_bytes(peer, &bytes, now);
-                                }
-                            }
-                            Net::Down { peer, id } => {
-                                if conns.get(&peer).is_some_and(|c| c.0 == id) {
-                                    conns.remove(&peer);
-                                    node.disconnected(peer, now);
-                                }
-                            }
-                        }
+                        on_net(&mut node, &mut conns, ev);
                     }
                     cmd = cmd_rx.recv() => {
                         let Some(cmd) = cmd else { break };
-                        let now = now_ms();
-                        match cmd {
-                            Cmd::Publish { key, body, expires_ms, reply } => {
-                                let _ = reply.send(node.publish(key, body, expires_ms, now));
-                            }
-                            Cmd::Barrier { key, body, expires_ms, wait, timeout_ms, reply } => {
-                                match node.publish_with_barrier(key, body, expires_ms, wait, timeout_ms, now) {
-                                    Ok((_, id)) => { waiting.insert(id, reply); }
-                                    Err(e) => { let _ = reply.send(Err(e)); }
-                                }
-                            }
-                            Cmd::Delete { key, reply } => {
-                                let _ = reply.send(node.delete(key, now));
-                            }
-                            Cmd::ReparentChildren { old, new, reply } => {
-                                let _ = reply.send(node.reparent_children(old, new, now));
-                            }
-                            Cmd::DeleteChildrenOf { spi_i, spi_r, reply } => {
-                                let _ = reply.send(node.delete_children_of(spi_i, spi_r, now));
-                            }
-                            Cmd::Status(reply) => { let _ = reply.send(node.status()); }
-                            Cmd::Holds(keys, reply) => {
-                                let held = keys
-                                    .iter()
-                                    .map(|k| node.table().get(k).is_some_and(|e| !e.is_tombstone()))
-                                    .collect();
-                                let _ = reply.send(held);
-                            }
-                            Cmd::Bootstrapped => node.set_bootstrapped(),
-                        }
+                        on_cmd(&mut node, &mut waiting, cmd);
                     }
                     _ = tokio::time::sleep(sleep) => node.handle_timeout(now_ms()),
+                }
+                // Whatever else is ready before we send: under load, many
+                // records leave in one batch (Node::poll_transmit).
+                for _ in 0..256 {
+                    match net_rx.try_recv() {
+                        Ok(ev) => on_net(&mut node, &mut conns, ev),
+                        Err(_) => break,
+                    }
+                }
+                for _ in 0..256 {
+                    match cmd_rx.try_recv() {
+                        Ok(cmd) => on_cmd(&mut node, &mut waiting, cmd),
+                        Err(_) => break,
+                    }
                 }
                 // Events before frames: the callback has seen (and
                 // anyhubd installed) every record before our
@@ -484,7 +551,7 @@ impl Bus {
                 }
                 while let Some(tx) = node.poll_transmit() {
                     if let Some((_, c)) = conns.get(&tx.peer) {
-                        let _ = c.send(tx.frame.encode_to_vec());
+                        let _ = c.send(prefixed(&tx.frame));
                     }
                 }
             }

@@ -144,10 +144,10 @@ impl Table {
     }
 
     /// Entries changed after `lsn`, in lsn order.
-    pub fn feed_after(&self, lsn: u64) -> impl Iterator<Item = (u64, &Entry)> {
+    pub fn feed_after(&self, lsn: u64) -> impl Iterator<Item = (u64, &Key, &Entry)> {
         self.feed
             .range(lsn + 1..)
-            .map(|(&l, k)| (l, &self.entries[k]))
+            .map(|(&l, k)| (l, k, &self.entries[k]))
     }
 
     /// The next time [`Table::collect`] has something to do.

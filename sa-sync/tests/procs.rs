@@ -20,8 +20,20 @@ struct Proc {
 
 impl Proc {
     fn spawn(dir: &Path, index: u16, ports: &[u16], first: bool, spi_base: u32) -> Proc {
+        Proc::spawn_with(dir, index, ports, first, spi_base, &[])
+    }
+
+    fn spawn_with(
+        dir: &Path,
+        index: u16,
+        ports: &[u16],
+        first: bool,
+        spi_base: u32,
+        extra: &[&str],
+    ) -> Proc {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sa-sync-node"));
         cmd.arg("run")
+            .args(extra)
             .arg("--dir")
             .arg(dir)
             .args([
@@ -261,4 +273,95 @@ fn kill_restart_partition_heal() {
         let h1 = hash(&mut n1);
         h1 == hash(&mut n2) && h1 == hash(&mut n3) && h1.1 == live_before + 800
     });
+}
+
+fn counter(p: &mut Proc, name: &str) -> u64 {
+    p.ask("status")["counters"][name].as_u64().unwrap()
+}
+
+fn upstream(p: &mut Proc) -> Option<u64> {
+    let s = p.ask("status");
+    s["peers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["upstream"] == true && p["connected"] == true)
+        .and_then(|p| p["peer"].as_u64())
+}
+
+#[test]
+fn relays_fail_over_and_barriers_cross_them() {
+    // Fan-out mode over real QUIC: relays 2 and 3, leaves 1, 4 and 5 (each
+    // dials both relays). Barriers on every other node are reached with
+    // acknowledgements through the relays; kill -9 leaf 4's upstream
+    // relay → leaf 4 follows the other relay, receives the new records
+    // (not the table again) and converges; the relay restarts → all five
+    // converge.
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("anyhub-sync-relay-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    anyhub_sa_sync::fleet::init(&dir.0).unwrap();
+    for i in 1..=5 {
+        anyhub_sa_sync::fleet::add_node(&dir.0, i, &format!("edge{i}")).unwrap();
+    }
+    let ports = free_ports(5);
+    let args = |i: u16| -> Vec<&'static str> {
+        match i {
+            2 => vec!["--relay", "--relays=3"],
+            3 => vec!["--relay", "--relays=2"],
+            4 => vec!["--relays=3,2"],
+            _ => vec!["--relays=2,3"],
+        }
+    };
+    let spawn =
+        |i: u16, first: bool, base: u32| Proc::spawn_with(&dir.0, i, &ports, first, base, &args(i));
+    let mut nodes: Vec<Option<Proc>> = (1..=5).map(|i| Some(spawn(i, i == 1, 1))).collect();
+    let want = |i: usize| if i == 2 || i == 3 { 4 } else { 2 };
+    for (i, p) in nodes.iter_mut().enumerate() {
+        let p = p.as_mut().unwrap();
+        wait_for("the fan-out topology", Duration::from_secs(10), || {
+            connected(p) == want(i + 1)
+        });
+    }
+    let r = nodes[0].as_mut().unwrap().ask("pub 300 500 3000 n4 0");
+    assert_eq!(r["reached"], 300, "barriers through relays: {r}");
+    let all_equal = |nodes: &mut Vec<Option<Proc>>, live: u64| {
+        let hs: Vec<(u64, u64)> = nodes.iter_mut().flatten().map(hash).collect();
+        hs.iter().all(|h| *h == hs[0]) && hs[0].1 == live
+    };
+    wait_for("convergence", Duration::from_secs(10), || {
+        all_equal(&mut nodes, 300)
+    });
+    let up = upstream(nodes[3].as_mut().unwrap()).expect("leaf 4 has an upstream") as usize;
+    let before = counter(nodes[3].as_mut().unwrap(), "records_received");
+    // kill -9 it.
+    let mut dead = nodes[up - 1].take().unwrap();
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+    drop(dead);
+    assert_eq!(
+        nodes[4].as_mut().unwrap().ask("pub 200 0 0 all 0")["published"],
+        200
+    );
+    wait_for("leaf 4 fails over", Duration::from_secs(10), || {
+        upstream(nodes[3].as_mut().unwrap()).is_some_and(|u| u as usize != up)
+    });
+    wait_for(
+        "convergence without the relay",
+        Duration::from_secs(15),
+        || all_equal(&mut nodes, 500),
+    );
+    assert_eq!(counter(nodes[3].as_mut().unwrap(), "failovers"), 1);
+    let got = counter(nodes[3].as_mut().unwrap(), "records_received") - before;
+    assert!(
+        got < 400,
+        "after failover leaf 4 received {got} records for 200 new ones"
+    );
+    // The relay comes back empty and catches up.
+    nodes[up - 1] = Some(spawn(up as u16, false, 1));
+    wait_for(
+        "convergence with the relay back",
+        Duration::from_secs(20),
+        || all_equal(&mut nodes, 500),
+    );
 }

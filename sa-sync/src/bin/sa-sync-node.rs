@@ -5,8 +5,14 @@
 //! sa-sync-node fleet init --dir D
 //! sa-sync-node fleet add-node --dir D --index 3 --name edge3
 //! sa-sync-node run --dir D --index 3 --name edge3 --listen 127.0.0.1:7003 \
-//!     --peer 1=127.0.0.1:7001 --peer 2=127.0.0.1:7002 [--first]
+//!     --peer 1=127.0.0.1:7001 --peer 2=127.0.0.1:7002 [--first] \
+//!     [--relay] [--relays 1,2]
 //! ```
+//!
+//! Fan-out mode: `--relay` makes this node a relay (it meshes with the
+//! other relays named by `--relays` and serves the leaves that dial it); a
+//! leaf names its upstream relays with `--relays`, in order of preference.
+//! `--peer` still lists every fleet member (barriers count them).
 //!
 //! `run` reads commands on stdin and answers each with one JSON line:
 //! `pub COUNT RATE BARRIER_MS WAIT ECHO` (publish COUNT child SAs at RATE/s,
@@ -62,6 +68,19 @@ struct RunArgs {
     /// The first SPI counter (low 20 bits) this run publishes.
     #[arg(long, default_value_t = 1)]
     spi_base: u32,
+    /// Fan-out mode: this node is a relay.
+    #[arg(long)]
+    relay: bool,
+    /// Fan-out mode: a leaf's upstream relays (in order of preference), or
+    /// a relay's fellow relays.
+    #[arg(long, value_delimiter = ',')]
+    relays: Vec<u16>,
+    /// Records per batch at most (Config::batch).
+    #[arg(long)]
+    batch: Option<usize>,
+    /// Records in flight per subscriber (Config::window).
+    #[arg(long)]
+    window: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -234,6 +253,10 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         first,
         idle_ms,
         spi_base,
+        relay,
+        relays,
+        batch,
+        window,
     } = a;
     let identity = Identity::load(&dir, &name)?;
     let mut peer_list = Vec::new();
@@ -244,9 +267,18 @@ async fn run(a: RunArgs) -> anyhow::Result<()> {
         peer_list.push((i.parse()?, a.parse()?));
     }
     let incarnation = quic::now_ms() ^ (u64::from(std::process::id()) << 40);
+    let mut core = Config::new(index, incarnation);
+    core.relay = relay;
+    core.relays = relays;
+    if let Some(b) = batch {
+        core.batch = b.max(1);
+    }
+    if let Some(w) = window {
+        core.window = w.max(1);
+    }
     let bus = Bus::start(
         BusConfig {
-            core: Config::new(index, incarnation),
+            core,
             name,
             listen,
             peers: peer_list,
