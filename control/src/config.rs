@@ -110,6 +110,11 @@ pub struct SyncConfig {
     /// How long a response may be held for the barrier; then it is sent
     /// anyway (and counted as `barrier_timed_out`).
     pub barrier_timeout: Duration,
+    /// Fan-out mode (docs/sa-sync.md, "Topology"): this node is a relay.
+    pub relay: bool,
+    /// Fan-out mode: a leaf's upstream relays in order of preference, or a
+    /// relay's fellow relays; empty (and `relay` false): full mesh.
+    pub relays: Vec<u16>,
 }
 
 /// `[sync] barrier`: whose acknowledgement a new child SA waits for.
@@ -304,6 +309,8 @@ struct RawSync {
     bootstrap: Option<bool>,
     barrier: Option<toml::Value>,
     barrier_timeout_ms: Option<i64>,
+    relay: Option<bool>,
+    relays: Option<Vec<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -788,6 +795,34 @@ fn sync(s: RawSync, me: u16, base: &Path) -> Result<SyncConfig> {
                 )
             })?,
     };
+    let mut relays = Vec::new();
+    for (i, r) in s.relays.unwrap_or_default().iter().enumerate() {
+        let n = u16::try_from(*r)
+            .ok()
+            .filter(|n| peers.iter().any(|(p, _)| p == n))
+            .ok_or_else(|| {
+                FieldError::new(
+                    format!("sync.relays[{i}]"),
+                    format!("{r} is not the index of a node in sync.peers"),
+                )
+            })?;
+        if relays.contains(&n) {
+            return Err(FieldError::new(
+                format!("sync.relays[{i}]"),
+                format!("node {n} is listed twice"),
+            ));
+        }
+        relays.push(n);
+    }
+    let relay = s.relay.unwrap_or(false);
+    if !relay && !relays.is_empty() && relays.len() < 2 {
+        // One upstream is a single point of failure for this leaf: a
+        // dead relay would cut it off until it returns.
+        return Err(FieldError::new(
+            "sync.relays",
+            "a leaf needs at least two relays (it fails over to the next)",
+        ));
+    }
     Ok(SyncConfig {
         listen,
         peers,
@@ -795,6 +830,8 @@ fn sync(s: RawSync, me: u16, base: &Path) -> Result<SyncConfig> {
         bootstrap: s.bootstrap.unwrap_or(false),
         barrier,
         barrier_timeout,
+        relay,
+        relays,
     })
 }
 
@@ -1543,8 +1580,11 @@ remote_ts = ["10.10.0.0/24"]
                 bootstrap: true,
                 barrier: BarrierPolicy::All,
                 barrier_timeout: DEFAULT_BARRIER_TIMEOUT,
+                relay: false,
+                relays: Vec::new(),
             }
         );
+
         let peers2 = "peers = [{ index = 2, address = \"127.0.0.1:7002\" }, { index = 3, address = \"127.0.0.1:7003\" }]";
         let b = |line: &str| {
             ok(&with(&format!("{base}\n{peers2}\n{line}")))
@@ -1552,6 +1592,10 @@ remote_ts = ["10.10.0.0/24"]
                 .unwrap()
         };
         assert_eq!(b("barrier = \"quorum\"").barrier, BarrierPolicy::Quorum);
+        let r = b("relays = [3, 2]");
+        assert_eq!((r.relay, r.relays), (false, vec![3, 2]));
+        let r = b("relay = true\nrelays = [2]");
+        assert_eq!((r.relay, r.relays), (true, vec![2]));
         assert_eq!(b("barrier = \"none\"").barrier, BarrierPolicy::None);
         assert_eq!(
             b("barrier = [3, 2, 3]").barrier,
@@ -1569,6 +1613,9 @@ remote_ts = ["10.10.0.0/24"]
             ("barrier = [1]", "sync.barrier[0]"),
             ("barrier_timeout_ms = 0", "sync.barrier_timeout_ms"),
             ("barrier_timeout_ms = 2001", "sync.barrier_timeout_ms"),
+            ("relays = [2]", "sync.relays"),
+            ("relays = [2, 9]", "sync.relays[1]"),
+            ("relays = [2, 2]", "sync.relays[1]"),
         ] {
             err(&with(&format!("{base}\n{peers2}\n{line}")), field);
         }

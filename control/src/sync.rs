@@ -127,9 +127,12 @@ pub fn start(
     // record (quic.rs sends frames after events): another node's barrier
     // then means the SA is in our dataplane. Routes for outbound traffic
     // are recomputed by the loop, coalesced ([`Notify`]).
+    let mut core = Config::new(index, incarnation);
+    core.relay = cfg.relay;
+    core.relays = cfg.relays.clone();
     let bus = Bus::start(
         BusConfig {
-            core: Config::new(index, incarnation),
+            core,
             name: name.to_owned(),
             listen: cfg.listen,
             peers: cfg.peers.clone(),

@@ -147,6 +147,35 @@ pub fn panic_message(payload: &Box<dyn Any + Send>) -> String {
         .unwrap_or_else(|| "(non-string panic)".into())
 }
 
+/// Runs a case's body: `None` if it passed, else its error on one line (or
+/// the panic's message: a panicking case still fails cleanly and its lab
+/// is still torn down by its owner).
+pub fn failure_of(body: impl FnOnce() -> anyhow::Result<()>) -> Option<String> {
+    match panic::catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(
+            format!("{e:#}")
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" "),
+        ),
+        Err(p) => Some(format!("panicked: {}", panic_message(&p))),
+    }
+}
+
+/// The last lines of each named log, for a failed case's report.
+pub fn log_tails(
+    failure: &Option<String>,
+    logs: &[(String, std::path::PathBuf)],
+) -> Vec<(String, String)> {
+    if failure.is_none() {
+        return Vec::new();
+    }
+    logs.iter()
+        .map(|(name, path)| (name.clone(), lab::tail(path, 20)))
+        .collect()
+}
+
 fn install_panic_hook() {
     panic::set_hook(Box::new(|info| {
         let msg = info

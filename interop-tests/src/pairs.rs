@@ -6,7 +6,6 @@
 //! (same `--filter`); `interop selfcheck` has no anyhubd and skips them.
 
 use std::fs;
-use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
@@ -196,34 +195,14 @@ pub fn run(case: &PairCase, bins: &Binaries, keep: Option<&Path>) -> Outcome {
             }
         }
     };
-    let r = panic::catch_unwind(AssertUnwindSafe(|| {
-        drive(case, bins, &lab).context("anyhubd pair")
-    }));
-    let failure = match r {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(
-            format!("{e:#}")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
-        Err(p) => Some(format!("panicked: {}", crate::panic_message(&p))),
-    };
-    let logs = if failure.is_some() {
-        let tail = |p: &Path| lab::tail(p, 20);
-        vec![
-            (
-                "site anyhubd".into(),
-                tail(&lab.site_dir().join("anyhubd.log")),
-            ),
-            (
-                "hub anyhubd".into(),
-                tail(&lab.hub_dir().join("anyhubd.log")),
-            ),
-        ]
-    } else {
-        Vec::new()
-    };
+    let failure = crate::failure_of(|| drive(case, bins, &lab).context("anyhubd pair"));
+    let logs = crate::log_tails(
+        &failure,
+        &[
+            ("site anyhubd".into(), lab.site_dir().join("anyhubd.log")),
+            ("hub anyhubd".into(), lab.hub_dir().join("anyhubd.log")),
+        ],
+    );
     drop(lab);
     Outcome { failure, logs }
 }

@@ -6,7 +6,6 @@
 //! write). Run by `interop run` after the other cases (same `--filter`);
 //! `interop selfcheck` has no anyhubd and skips them.
 
-use std::panic::{self, AssertUnwindSafe};
 use std::path::Path;
 use std::time::Duration;
 
@@ -221,32 +220,17 @@ pub fn run(case: &SyncCase, bins: &Binaries, keep: Option<&Path>) -> Outcome {
             }
         }
     };
-    let r = panic::catch_unwind(AssertUnwindSafe(|| drive(bins, &lab)));
-    let failure = match r {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(
-            format!("{e:#}")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
-        Err(p) => Some(format!("panicked: {}", crate::panic_message(&p))),
-    };
-    let logs = if failure.is_some() {
-        let tail = |p: &Path| lab::tail(p, 20);
-        vec![
-            (
-                "node 1 anyhubd".into(),
-                tail(&lab.hub_dir().join("anyhubd.log")),
-            ),
+    let failure = crate::failure_of(|| drive(bins, &lab));
+    let logs = crate::log_tails(
+        &failure,
+        &[
+            ("node 1 anyhubd".into(), lab.hub_dir().join("anyhubd.log")),
             (
                 "node 2 anyhubd".into(),
-                tail(&lab.hub_dir().join("node2/anyhubd.log")),
+                lab.hub_dir().join("node2/anyhubd.log"),
             ),
-        ]
-    } else {
-        Vec::new()
-    };
+        ],
+    );
     drop(lab);
     Outcome { failure, logs }
 }
@@ -596,33 +580,17 @@ fn run_anycast(case: &SyncCase, bins: &Binaries, keep: Option<&Path>, show: bool
             }
         }
     };
-    let r = panic::catch_unwind(AssertUnwindSafe(|| drive_anycast(bins, &lab, show)));
-    let failure = match r {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(
-            format!("{e:#}")
-                .split_whitespace()
-                .collect::<Vec<_>>()
-                .join(" "),
-        ),
-        Err(p) => Some(format!("panicked: {}", crate::panic_message(&p))),
-    };
-    let logs = if failure.is_some() {
-        (1..=ANYCAST_NODES)
-            .map(|k| {
-                (
-                    format!("node {k} anyhubd"),
-                    lab::tail(&anycast::log_of(&lab.node_dir(k)), 20),
-                )
-            })
-            .chain([(
-                "site charon".into(),
-                lab::tail(&lab.site_dir().join("charon.log"), 20),
-            )])
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let failure = crate::failure_of(|| drive_anycast(bins, &lab, show));
+    let mut logs: Vec<(String, std::path::PathBuf)> = (1..=ANYCAST_NODES)
+        .map(|k| {
+            (
+                format!("node {k} anyhubd"),
+                anycast::log_of(&lab.node_dir(k)),
+            )
+        })
+        .collect();
+    logs.push(("site charon".into(), lab.site_dir().join("charon.log")));
+    let logs = crate::log_tails(&failure, &logs);
     drop(lab);
     Outcome { failure, logs }
 }

@@ -78,8 +78,9 @@ fn child() -> ChildSa {
     }
 }
 
-#[test]
-fn ike_event_to_record_to_sad() {
+/// Nodes 1 and 2 connected; node 1 published [`child`] under IKE SA
+/// (0xaa, 0xbb) and node 2 applied it. Returns them and the SPI.
+fn two_nodes_with_a_child() -> (Node, Node, u32) {
     let mut n1 = Node::new(Config::new(1, 11));
     let mut n2 = Node::new(Config::new(2, 22));
     n1.add_peer(2);
@@ -88,7 +89,6 @@ fn ike_event_to_record_to_sad() {
     n1.connected(2, NOW);
     n2.connected(1, NOW);
     pump(&mut n1, &mut n2, NOW);
-
     let c = child();
     let spi = c.spi_in;
     let ev = anyhub_ike::Event::ChildSaEstablished(Box::new(c));
@@ -102,6 +102,12 @@ fn ike_event_to_record_to_sad() {
     };
     n1.publish(key, *body, expires_ms, NOW).unwrap();
     pump(&mut n1, &mut n2, NOW);
+    (n1, n2, spi)
+}
+
+#[test]
+fn ike_event_to_record_to_sad() {
+    let (mut n1, mut n2, spi) = two_nodes_with_a_child();
 
     let sad = Sad::new(SadConfig::new(2));
     let now = Instant::now();
@@ -141,27 +147,7 @@ fn ike_event_to_record_to_sad() {
 /// removes them.
 #[test]
 fn ike_rekey_reparents_children_before_the_old_ike_sa_goes() {
-    let mut n1 = Node::new(Config::new(1, 11));
-    let mut n2 = Node::new(Config::new(2, 22));
-    n1.add_peer(2);
-    n2.add_peer(1);
-    n1.set_bootstrapped();
-    n1.connected(2, NOW);
-    n2.connected(1, NOW);
-    pump(&mut n1, &mut n2, NOW);
-    let c = child();
-    let spi = c.spi_in;
-    let ev = anyhub_ike::Event::ChildSaEstablished(Box::new(c));
-    let Some(Publish::Write {
-        key,
-        body,
-        expires_ms,
-    }) = convert::publish_for(&ev, |_| Some((0xaa, 0xbb)), 1, NOW)
-    else {
-        panic!("a write");
-    };
-    n1.publish(key, *body, expires_ms, NOW).unwrap();
-    pump(&mut n1, &mut n2, NOW);
+    let (mut n1, mut n2, spi) = two_nodes_with_a_child();
     let sad = Sad::new(SadConfig::new(2));
     let now = Instant::now();
     let drain = |n2: &mut Node| {
