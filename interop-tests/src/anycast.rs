@@ -16,7 +16,8 @@
 //! anycast address. Every node has the hub's inner address too, so a ping
 //! from the site is answered by the node that decrypted it. The nodes'
 //! sync bus runs over the router between the 10.98.k.1 addresses, so
-//! steering never touches it.
+//! steering never touches it; [`AnycastLab::partition`] cuts one node off
+//! the bus (nftables in its namespace) and leaves its tunnel traffic alone.
 //!
 //! Every namespace is registered with the lab registry before it is made
 //! (as [`crate::lab::Lab`]'s): a panic, a signal or a SIGKILLed harness
@@ -134,6 +135,25 @@ impl AnycastLab {
             "via",
             &self.node_addr(k),
         ])
+    }
+
+    /// Cuts node `k` off the sync bus (every UDP datagram to or from
+    /// `port` dropped in its namespace, both ways) while its tunnel
+    /// traffic still flows: a partition of the replication network only.
+    pub fn partition(&self, k: usize, port: u16) -> Result<()> {
+        let rules = format!("udp dport {port} drop\n    udp sport {port} drop");
+        lab::nft(
+            &self.nodes[k - 1],
+            &format!(
+                "table inet harness_partition {{\n  chain input {{\n    type filter hook input priority -10; policy accept;\n    {rules}\n  }}\n  \
+                 chain output {{\n    type filter hook output priority -10; policy accept;\n    {rules}\n  }}\n}}\n"
+            ),
+        )
+    }
+
+    /// Undoes [`AnycastLab::partition`].
+    pub fn heal(&self, k: usize) -> Result<()> {
+        lab::nft(&self.nodes[k - 1], "delete table inet harness_partition\n")
     }
 
     pub fn site_dir(&self) -> PathBuf {

@@ -540,6 +540,59 @@ fn drive_anycast(bins: &Binaries, lab: &AnycastLab, show: bool) -> Result<()> {
     .context("node 1's catch-up after its restart")?;
     lab.steer(1)?;
     ping_strict(lab, PINGS).context("on the restarted node 1")?;
+
+    // A partition of the bus: node 3 is cut off (its tunnel path is not).
+    // The site rekeys its child SA through node 1, which takes the IKE SA
+    // over from node 2 and cannot reach node 3; once the partition heals,
+    // node 3 converges — it holds the new child SA — and carries the
+    // traffic steered to it.
+    lab.partition(3, ANYCAST_BUS_PORT)?;
+    lab::eventually(Duration::from_secs(10), || {
+        let st = nodes[0].status()?;
+        let s = sync_of(&st)?;
+        ensure!(
+            s["peers_connected"].as_u64() == Some(ANYCAST_NODES as u64 - 2),
+            "node 1 still counts node 3 as connected: {s}"
+        );
+        Ok(())
+    })
+    .context("partitioning node 3 off the bus")?;
+    ctl(&["--rekey", "--child", "site"])?;
+    let third_child = lab::eventually(Duration::from_secs(10), || {
+        let st = nodes[0].status()?;
+        ensure!(
+            st.ike_sas.len() == 1,
+            "node 1 holds no IKE SA: {:?}",
+            st.ike_sas
+        );
+        st.child_sas
+            .iter()
+            .find(|c| c.spi_in != new_child.spi_in && c.spi_in != child.spi_in)
+            .cloned()
+            .ok_or_else(|| anyhow!("node 1 has no rekeyed child SA"))
+    })
+    .context("a child SA rekey through the restarted node 1 during the partition")?;
+    ping_strict(lab, PINGS).context("on node 1 during the partition")?;
+    ensure!(
+        child_on(&nodes[2].status()?, third_child.spi_in).is_none(),
+        "node 3 got child SA {:08x} across the partition",
+        third_child.spi_in
+    );
+    lab.heal(3)?;
+    lab::eventually(Duration::from_secs(15), || {
+        let st = nodes[2].status()?;
+        child_on(&st, third_child.spi_in)
+            .map(|_| ())
+            .ok_or_else(|| {
+                anyhow!(
+                    "node 3 lacks child SA {:08x} after the heal",
+                    third_child.spi_in
+                )
+            })
+    })
+    .context("node 3's convergence after the partition healed")?;
+    lab.steer(3)?;
+    ping_strict(lab, PINGS).context("on node 3 after the partition healed")?;
     if show {
         for (i, hub) in nodes.iter_mut().enumerate().skip(1) {
             println!(
@@ -554,7 +607,8 @@ fn drive_anycast(bins: &Binaries, lab: &AnycastLab, show: bool) -> Result<()> {
         "    child SA {:08x}/{:08x}: negotiated on node 1, held by nodes 2 and 3 before the site could use it; \
          pings answered by nodes 1, 2, 3, 1, 2, and by 2 and 3 after node 1 was killed; \
          the child SA rekey answered by node 3 and the IKE SA rekey by node 2 (adopted IKE SA); \
-         node 1 restarted, caught up and answered again",
+         node 1 restarted, caught up and answered again; node 3 partitioned off the bus during a rekey, \
+         converged after the heal and answered",
         child.spi_in, child.spi_out
     );
     Ok(())
