@@ -141,9 +141,18 @@ impl Proc {
     }
 
     fn next(&mut self) -> String {
-        self.lines
-            .recv_timeout(Duration::from_secs(300))
-            .expect("a line from the node")
+        match self.lines.recv_timeout(Duration::from_secs(300)) {
+            Ok(l) => l,
+            Err(e) => {
+                // Not a panic: the usual cause is a machine too small for
+                // the fleet (every node is a process on the same cores).
+                eprintln!(
+                    "bench-sync: a node did not answer within 300 s ({e}); with many nodes on few \
+                     cores this is CPU exhaustion, not a protocol result"
+                );
+                std::process::exit(2);
+            }
+        }
     }
 
     fn ask(&mut self, cmd: &str) -> serde_json::Value {
