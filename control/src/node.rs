@@ -123,14 +123,14 @@ struct Held {
 }
 
 /// The IKE SA an event is about (as the SA database sees it).
-fn event_ike(event: &Event) -> Option<IkeSaHandle> {
+fn event_ike(event: &Event) -> IkeSaHandle {
     match event {
-        Event::IkeSaEstablished(i) => Some(i.handle),
-        Event::IkeSaRekeyed { old, .. } => Some(*old),
-        Event::IkeSaMoved { handle, .. } | Event::IkeSaUpdated(handle) => Some(*handle),
-        Event::IkeSaDeleted { info, .. } | Event::IkeSaFailed { info, .. } => Some(info.handle),
-        Event::ChildSaEstablished(c) => Some(c.ike),
-        Event::ChildSaDeleted { ike, .. } | Event::ChildSaFailed { ike, .. } => Some(*ike),
+        Event::IkeSaEstablished(i) => i.handle,
+        Event::IkeSaRekeyed { old, .. } => *old,
+        Event::IkeSaMoved { handle, .. } | Event::IkeSaUpdated(handle) => *handle,
+        Event::IkeSaDeleted { info, .. } | Event::IkeSaFailed { info, .. } => info.handle,
+        Event::ChildSaEstablished(c) => c.ike,
+        Event::ChildSaDeleted { ike, .. } | Event::ChildSaFailed { ike, .. } => *ike,
     }
 }
 
@@ -493,7 +493,7 @@ impl Node {
             log_event(&event);
             if let Some(s) = &mut self.sync {
                 if let Some(ike) = s.publish(&event, &self.endpoint) {
-                    let handle = event_ike(&event).expect("a child SA names its IKE SA");
+                    let handle = event_ike(&event);
                     self.held
                         .entry(ike)
                         .or_insert_with(|| Held {
@@ -510,9 +510,8 @@ impl Node {
                     }
                 }
             }
-            if let Some(h) = event_ike(&event)
-                .and_then(|handle| self.held.values_mut().find(|h| h.handle == handle))
-            {
+            let handle = event_ike(&event);
+            if let Some(h) = self.held.values_mut().find(|h| h.handle == handle) {
                 h.events.push(event);
                 continue;
             }

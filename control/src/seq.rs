@@ -44,6 +44,9 @@ pub const BLOCK: u64 = 1 << 22;
 pub const TICK: Duration = Duration::from_millis(100);
 /// An SA this node sent on this recently keeps its counter.
 pub const IDLE: Duration = Duration::from_millis(500);
+/// How long a floor for an SA that has not arrived here yet is kept (its
+/// `Seq` record can overtake the `ChildSa` record of another origin).
+const ORPHAN_FLOOR: Duration = Duration::from_secs(60);
 
 /// One SA's sequence bookkeeping on this node.
 #[derive(Default, Clone, Copy)]
@@ -58,6 +61,10 @@ struct Entry {
     jumped_to: u64,
     /// When the counter last moved by our own sending.
     sent_at: Option<Instant>,
+    /// Whether the SA has been in our database; if not, when its first
+    /// floor arrived.
+    installed: bool,
+    floor_at: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -76,6 +83,7 @@ impl SeqTable {
     pub fn floor(&mut self, sadb: &Sad, spi_in: u32, reserved: u64, now: Instant) {
         let e = self.entries.entry(spi_in).or_default();
         e.floor = e.floor.max(reserved);
+        e.floor_at.get_or_insert(now);
         self.apply(sadb, spi_in, now);
     }
 
@@ -130,12 +138,13 @@ impl SeqTable {
     /// left the database.
     pub fn tick(&mut self, sadb: &Sad, now: Instant) -> Vec<(u32, u64, Duration)> {
         let mut publish = Vec::new();
-        let mut present = Vec::new();
+        let mut present = std::collections::HashSet::new();
         sadb.read(|snap| {
             for child in snap.children() {
                 let spi_in = child.inbound.spi();
-                present.push(spi_in);
+                present.insert(spi_in);
                 let e = self.entries.entry(spi_in).or_default();
+                e.installed = true;
                 let sent = child.outbound.sent();
                 if sent > e.seen.max(e.jumped_to) {
                     e.sent_at = Some(now);
@@ -155,7 +164,14 @@ impl SeqTable {
                 }
             }
         });
-        self.entries.retain(|spi, _| present.contains(spi));
+        // Gone from the database: forgotten. Not there yet: its floor waits
+        // a while for it.
+        self.entries.retain(|spi, e| {
+            present.contains(spi)
+                || (!e.installed
+                    && e.floor_at
+                        .is_some_and(|t| now.duration_since(t) < ORPHAN_FLOOR))
+        });
         self.reservations += publish.len() as u64;
         let pending: Vec<u32> = self
             .entries
@@ -257,6 +273,8 @@ mod tests {
         let mut t = SeqTable::default();
         let now = Instant::now();
         t.floor(&sad, 9, 5000, now);
+        // Ticks before the SA arrives keep its floor.
+        t.tick(&sad, now + TICK);
         let child = test_child(9);
         sad.handle_event(now, Event::ChildSaEstablished(Box::new(child)));
         t.installed(&sad, 9, now);
