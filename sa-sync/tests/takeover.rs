@@ -55,11 +55,17 @@ fn hub(node: u16, seed: u64) -> Endpoint {
         "10.10.0.0/24",
         None,
     );
-    Endpoint::new(
-        EndpointConfig::new(node, vec![t]),
-        Box::new(SeededRng::new(seed)),
-    )
+    let mut config = EndpointConfig::new(node, vec![t]);
+    // One fixed Instant ↔ wall-clock mapping: exports at the same `now`
+    // give the same milliseconds (the system clock read twice need not).
+    config.wall_clock = anyhub_ike::config::WallClock::Anchored {
+        instant: *ANCHOR,
+        wall: std::time::UNIX_EPOCH + Duration::from_secs(1_800_000_000),
+    };
+    Endpoint::new(config, Box::new(SeededRng::new(seed)))
 }
+
+static ANCHOR: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
 
 fn site() -> Endpoint {
     let t = tunnel(
